@@ -1,0 +1,78 @@
+/* mod_stapling C shim: directive table, hook registration and the log call.
+ * These need Apache's C macros; all logic lives in Rust. */
+#include <httpd.h>
+#include <http_config.h>
+#include <http_log.h>
+#include <http_main.h>
+#include <http_ssl.h>
+#include <ap_mmn.h>
+#include "shim.h"
+
+#if !AP_MODULE_MAGIC_AT_LEAST(20120211, 105)
+#error "mod_stapling needs httpd 2.4.48 or later (the ssl_ocsp_* core hooks)"
+#endif
+
+/* The module struct itself is a Rust static, so that the cdylib exports it. */
+extern module AP_MODULE_DECLARE_DATA stapling_module;
+APLOG_USE_MODULE(stapling);
+
+#define TAKE1(name, where, help) AP_INIT_TAKE1(name, stapling_rs_cmd, NULL, where, help)
+
+const command_rec stapling_shim_cmds[] = {
+    TAKE1("Stapling", RSRC_CONF, "On|Off: staple OCSP responses for this server (default Off)"),
+    TAKE1("StaplingCache", RSRC_CONF, "shared store size, in SSLStaplingCache syntax, e.g. shmcb:/path(128000)"),
+    TAKE1("StaplingStore", RSRC_CONF, "directory that keeps responses across restarts, or 'none'"),
+    TAKE1("StaplingResponderTimeout", RSRC_CONF, "seconds to wait for the OCSP responder (default 10)"),
+    TAKE1("StaplingResponseTimeSkew", RSRC_CONF, "seconds of clock skew tolerated in responses (default 300)"),
+    TAKE1("StaplingResponseMaxAge", RSRC_CONF, "maximum age of a response in seconds, -1 for no limit (default -1)"),
+    TAKE1("StaplingForceURL", RSRC_CONF, "OCSP responder URL that overrides the certificate's AIA"),
+    TAKE1("StaplingRenewWindow", RSRC_CONF, "refresh when this much validity is left: N% or seconds (default 50%)"),
+    TAKE1("StaplingUseNonce", RSRC_CONF, "On|Off: send a nonce and require it back (default Off)"),
+    TAKE1("StaplingCompatibility", RSRC_CONF, "On|Off: also read mod_ssl's SSLUseStapling/SSLStapling* (default On)"),
+    /* Compatibility mode: read mod_ssl's directives, then let mod_ssl read them too. */
+    TAKE1("SSLUseStapling", RSRC_CONF, NULL),
+    TAKE1("SSLStaplingCache", RSRC_CONF, NULL),
+    TAKE1("SSLStaplingResponderTimeout", RSRC_CONF, NULL),
+    TAKE1("SSLStaplingResponseTimeSkew", RSRC_CONF, NULL),
+    TAKE1("SSLStaplingResponseMaxAge", RSRC_CONF, NULL),
+    TAKE1("SSLStaplingForceURL", RSRC_CONF, NULL),
+    TAKE1("SSLStaplingStandardCacheTimeout", RSRC_CONF, NULL),
+    TAKE1("SSLStaplingErrorCacheTimeout", RSRC_CONF, NULL),
+    TAKE1("SSLStaplingReturnResponderErrors", RSRC_CONF, NULL),
+    TAKE1("SSLStaplingFakeTryLater", RSRC_CONF, NULL),
+    { NULL }
+};
+
+void stapling_shim_register_hooks(apr_pool_t *p)
+{
+    /* Our post_config must see every certificate mod_ssl primed. */
+    static const char *const after_ssl[] = { "mod_ssl.c", NULL };
+    (void)p;
+    ap_hook_pre_config(stapling_rs_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_post_config(stapling_rs_post_config, after_ssl, NULL, APR_HOOK_LAST);
+    ap_hook_child_init(stapling_rs_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_ssl_ocsp_prime_hook(stapling_rs_ocsp_prime, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_ssl_ocsp_get_resp_hook(stapling_rs_ocsp_get_resp, NULL, NULL, APR_HOOK_MIDDLE);
+}
+
+void stapling_shim_log(int level, apr_status_t status, const server_rec *s,
+                       const char *msg, apr_size_t len)
+{
+    ap_log_error(APLOG_MARK, level, status, s, "%.*s", (int)len, msg);
+}
+
+int stapling_shim_log_enabled(const server_rec *s, int level)
+{
+    if (s == NULL) {
+        s = ap_server_conf;
+    }
+    if (s == NULL) {
+        return level <= APLOG_NOTICE;
+    }
+    return APLOG_IS_LEVEL(s, level);
+}
+
+int stapling_shim_module_index(void)
+{
+    return stapling_module.module_index;
+}

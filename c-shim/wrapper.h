@@ -1,0 +1,12 @@
+/* Headers that bindgen reads. Keep in step with build.rs's allowlist. */
+#include <httpd.h>
+#include <http_config.h>
+#include <http_core.h>
+#include <http_log.h>
+#include <http_main.h>
+#include <http_ssl.h>
+#include <ap_mpm.h>
+#include <unixd.h>
+#include <apr_pools.h>
+#include <apr_strings.h>
+#include "shim.h"

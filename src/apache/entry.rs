@@ -1,0 +1,485 @@
+//! The module struct and every function Apache calls. Each entry point runs its body
+//! inside [`guard`], so no panic ever unwinds into C.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_ulong, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use log::{error, info, warn};
+
+use super::{ffi, log as aplog, pool, process, shm};
+use crate::cert::{CertInfo, CertKey};
+use crate::config::{Context, Outcome, ServerConfig};
+use crate::engine::{HttpTransport, PrimeDecision, Registry, Runtime};
+use crate::store::{region_words, DiskStore, SharedStore, DEFAULT_SLOT_DER_BYTES};
+
+/// The module record Apache finds with `LoadModule stapling_module`. Rust owns it so that
+/// the cdylib exports the symbol; the directive table and hook registration are the
+/// C shim's.
+#[no_mangle]
+#[used]
+pub static mut stapling_module: ffi::module = ffi::module {
+    version: ffi::MODULE_MAGIC_NUMBER_MAJOR as c_int,
+    minor_version: ffi::MODULE_MAGIC_NUMBER_MINOR as c_int,
+    module_index: -1,
+    name: c"mod_stapling.c".as_ptr(),
+    dynamic_load_handle: ptr::null_mut(),
+    next: ptr::null_mut(),
+    magic: ffi::MODULE_MAGIC_COOKIE as c_ulong,
+    rewrite_args: None,
+    create_dir_config: None,
+    merge_dir_config: None,
+    create_server_config: Some(create_server_config),
+    merge_server_config: Some(merge_server_config),
+    // Only the address of the shim's static table is taken (no unsafe needed).
+    cmds: ptr::addr_of!(ffi::stapling_shim_cmds).cast(),
+    register_hooks: Some(ffi::stapling_shim_register_hooks),
+    flags: 0,
+};
+
+/// What one configuration pass collected: reset in pre_config, consumed in post_config.
+#[derive(Default)]
+struct Pass {
+    registry: Registry,
+    notes: Vec<String>,
+}
+
+static PASS: Mutex<Option<Pass>> = Mutex::new(None);
+
+/// The runtime of the current generation, built in the parent's post_config and
+/// inherited by the children at fork.
+static RUNTIME: AtomicPtr<Runtime> = AtomicPtr::new(ptr::null_mut());
+
+/// Seconds added to the responder timeout while the parent waits for the startup helper.
+const HELPER_GRACE: Duration = Duration::from_secs(2);
+/// How often each child's refresher looks at the schedule.
+const REFRESH_TICK: Duration = Duration::from_secs(1);
+/// Stored files of certificates no longer configured are kept this long.
+const STORE_GRACE: Duration = Duration::from_secs(7 * 86_400);
+
+/// Runs `body`, turning a panic into an error line and `fallback`.
+fn guard<T>(what: &str, fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|panic| {
+        let detail = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        aplog::write(3, &format!("internal error in {what}: {detail}; please report this bug"));
+        fallback
+    })
+}
+
+fn with_pass<T>(f: impl FnOnce(&mut Pass) -> T) -> T {
+    let mut guard = PASS.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.get_or_insert_with(Pass::default))
+}
+
+/// The module's config on server `s`.
+fn server_config<'a>(s: *const ffi::server_rec) -> Option<&'a mut ServerConfig> {
+    if s.is_null() {
+        return None;
+    }
+    // SAFETY: `s` is a live server_rec; module_config is an array indexed by module
+    // index, whose entry for us was made by create/merge_server_config below.
+    unsafe {
+        let index = ffi::stapling_shim_module_index();
+        let vector = (*s).module_config as *mut *mut c_void;
+        if vector.is_null() || index < 0 {
+            return None;
+        }
+        (*vector.add(index as usize)).cast::<ServerConfig>().as_mut()
+    }
+}
+
+fn vhost_label(s: *const ffi::server_rec) -> String {
+    // SAFETY: `s` is a live server_rec; its strings are NUL-terminated or NULL.
+    unsafe {
+        let host = pool::text((*s).server_hostname);
+        let addrs = (*s).addrs;
+        let port = if addrs.is_null() { (*s).port } else { (*addrs).host_port };
+        format!("{}:{}", if host.is_empty() { "(unnamed)".into() } else { host }, port)
+    }
+}
+
+unsafe extern "C" fn create_server_config(p: *mut ffi::apr_pool_t, _s: *mut ffi::server_rec) -> *mut c_void {
+    guard("create_server_config", ptr::null_mut(), || pool::pool_owned(p, ServerConfig::default()).cast())
+}
+
+unsafe extern "C" fn merge_server_config(p: *mut ffi::apr_pool_t, base: *mut c_void, add: *mut c_void) -> *mut c_void {
+    guard("merge_server_config", add, || {
+        // SAFETY: both are ServerConfigs made by create/merge_server_config.
+        let (base, add) = unsafe { (&*base.cast::<ServerConfig>(), &*add.cast::<ServerConfig>()) };
+        pool::pool_owned(p, ServerConfig::merge(base, add)).cast()
+    })
+}
+
+/// Every directive, ours and (in compatibility mode) mod_ssl's, arrives here.
+#[no_mangle]
+pub unsafe extern "C" fn stapling_rs_cmd(cmd: *mut ffi::cmd_parms, _dir: *mut c_void, arg: *const c_char) -> *const c_char {
+    guard("directive parsing", c"mod_stapling: internal error while parsing a directive".as_ptr(), || {
+        if cmd.is_null() {
+            return ptr::null();
+        }
+        // SAFETY: Apache passes a live cmd_parms whose cmd and server are set.
+        let (name, server, cmd_pool) = unsafe { (pool::text((*(*cmd).cmd).name), (*cmd).server, (*cmd).pool) };
+        // SAFETY: `server` is live; is_virtual is a plain field.
+        let ctx = if unsafe { (*server).is_virtual } != 0 { Context::VirtualHost } else { Context::Global };
+        let Some(cfg) = server_config(server) else { return ptr::null() };
+        match cfg.apply(&name, &pool::text(arg), ctx) {
+            Ok(Outcome::Handled) => ptr::null(),
+            Ok(Outcome::PassToModSsl) => ffi::DECLINE_CMD.as_ptr().cast(),
+            Ok(Outcome::IgnoredPassToModSsl(note)) => {
+                with_pass(|p| if !p.notes.contains(&note) { p.notes.push(note) });
+                ffi::DECLINE_CMD.as_ptr().cast()
+            }
+            Err(e) => pool::pstr(cmd_pool, &e.to_string()),
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn stapling_rs_pre_config(_pconf: *mut ffi::apr_pool_t, _plog: *mut ffi::apr_pool_t, _ptemp: *mut ffi::apr_pool_t) -> c_int {
+    guard("pre_config", ffi::OK, || {
+        with_pass(|p| *p = Pass::default());
+        ffi::OK
+    })
+}
+
+/// mod_ssl hands over each certificate (leaf PEM, then issuer PEM) during its post_config.
+#[no_mangle]
+pub unsafe extern "C" fn stapling_rs_ocsp_prime(
+    s: *mut ffi::server_rec,
+    _p: *mut ffi::apr_pool_t,
+    id: *const c_char,
+    id_len: usize,
+    pem: *const c_char,
+) -> c_int {
+    guard("ocsp_prime", ffi::DECLINED, || {
+        if id.is_null() || pem.is_null() || id_len != 20 {
+            return ffi::DECLINED;
+        }
+        let Some(cfg) = server_config(s) else { return ffi::DECLINED };
+        let settings = cfg.effective(cfg.compatibility());
+        if !settings.enabled {
+            return ffi::DECLINED;
+        }
+        let mut key: CertKey = [0; 20];
+        // SAFETY: mod_ssl passes `id_len` (checked: 20) readable bytes, valid for the call.
+        key.copy_from_slice(unsafe { std::slice::from_raw_parts(id.cast::<u8>(), 20) });
+        let vhost = vhost_label(s);
+        let mut info = match CertInfo::from_pem_chain(pool::text(pem).as_bytes()) {
+            Ok(info) => info,
+            Err(e) => {
+                error!("vhost {vhost}: {e}; this certificate is not stapled");
+                return ffi::DECLINED;
+            }
+        };
+        info.key = key;
+        match with_pass(|p| p.registry.prime(info, settings, &vhost, s as usize)) {
+            PrimeDecision::Take => ffi::OK,
+            PrimeDecision::Off | PrimeDecision::NoUrl => ffi::DECLINED,
+        }
+    })
+}
+
+/// The handshake path: copy the shared response out and hand it to mod_ssl.
+/// No lock, no I/O, no parsing; the only allocation is the reusable copy buffer.
+#[no_mangle]
+pub unsafe extern "C" fn stapling_rs_ocsp_get_resp(
+    _s: *mut ffi::server_rec,
+    _c: *mut ffi::conn_rec,
+    id: *const c_char,
+    id_len: usize,
+    cb: ffi::ap_ssl_ocsp_copy_resp,
+    userdata: *mut c_void,
+) -> c_int {
+    thread_local!(static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) });
+    guard("ocsp_get_resp", ffi::DECLINED, || {
+        let (Some(cb), false, 20) = (cb, id.is_null(), id_len) else { return ffi::DECLINED };
+        // SAFETY: RUNTIME is NULL or a leaked Runtime that is never freed while a
+        // process of its generation runs.
+        let Some(runtime) = (unsafe { RUNTIME.load(Ordering::Acquire).as_ref() }) else { return ffi::DECLINED };
+        let mut key: CertKey = [0; 20];
+        // SAFETY: mod_ssl passes 20 readable bytes, valid for the call.
+        key.copy_from_slice(unsafe { std::slice::from_raw_parts(id.cast::<u8>(), 20) });
+        BUFFER.with_borrow_mut(|buf| match runtime.staple(&key, buf) {
+            None => ffi::DECLINED,
+            Some(true) => {
+                // SAFETY: buf holds buf.len() bytes for the duration of the callback,
+                // which copies them.
+                unsafe { cb(buf.as_ptr(), buf.len(), userdata) };
+                ffi::OK
+            }
+            Some(false) => {
+                // SAFETY: NULL/0 is the documented "no response" call.
+                unsafe { cb(ptr::null(), 0, userdata) };
+                ffi::OK
+            }
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn stapling_rs_post_config(
+    _pconf: *mut ffi::apr_pool_t,
+    _plog: *mut ffi::apr_pool_t,
+    _ptemp: *mut ffi::apr_pool_t,
+    s: *mut ffi::server_rec,
+) -> c_int {
+    guard("post_config", ffi::OK, || {
+        aplog::init(s);
+        // SAFETY: a plain query of Apache's state.
+        if unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE as c_int) } == ffi::AP_SQ_MS_CREATE_PRE_CONFIG as c_int {
+            return ffi::OK; // the dry run: the real pass follows
+        }
+        let pass = with_pass(std::mem::take);
+        report_load_order();
+        pass.notes.iter().for_each(|n| info!("{n}"));
+        report_unprimed_vhosts(s, &pass.registry);
+        start_generation(s, pass.registry);
+        ffi::OK
+    })
+}
+
+/// Modules loaded later are searched first for a directive, so compatibility mode
+/// only sees mod_ssl's directives when we are loaded after mod_ssl.
+fn report_load_order() {
+    // SAFETY: ap_top_module heads the list of loaded modules, which Apache does not
+    // change during post_config; names are NUL-terminated.
+    let names: Vec<String> = unsafe {
+        let mut names = Vec::new();
+        let mut m = ffi::ap_top_module;
+        while !m.is_null() {
+            names.push(pool::text((*m).name).into_owned());
+            m = (*m).next;
+        }
+        names
+    };
+    let ours = names.iter().position(|n| n == "mod_stapling.c");
+    match (ours, names.iter().position(|n| n == "mod_ssl.c")) {
+        (_, None) => error!("mod_ssl is not loaded: mod_stapling has nothing to staple. Enable it (a2enmod ssl)"),
+        (Some(o), Some(ssl)) if ssl < o => warn!(
+            "mod_stapling is loaded before mod_ssl, so compatibility mode cannot read SSLUseStapling and \
+             SSLStapling*; load mod_stapling after mod_ssl (on Debian: a2enmod stapling does this)"
+        ),
+        _ => {}
+    }
+}
+
+/// mod_ssl never primes a certificate whose issuer it cannot find.
+fn report_unprimed_vhosts(main: *mut ffi::server_rec, registry: &Registry) {
+    let mut s = main;
+    while !s.is_null() {
+        if let Some(cfg) = server_config(s) {
+            let on = cfg.effective(cfg.compatibility()).enabled;
+            if on && cfg.switch_in_vhost && !registry.primed_servers.contains(&(s as usize)) {
+                error!(
+                    "vhost {}: Stapling is on, but mod_ssl handed over no certificate with an OCSP \
+                     responder for it. Usually mod_ssl could not find the issuer: add the intermediate \
+                     CA certificate to the file in SSLCertificateFile (after the server certificate)",
+                    vhost_label(s)
+                );
+            }
+        }
+        // SAFETY: the server list is live and NULL-terminated.
+        s = unsafe { (*s).next };
+    }
+}
+
+fn start_generation(s: *mut ffi::server_rec, registry: Registry) {
+    let Some(main_cfg) = server_config(s) else { return };
+    let mut certs = registry.certs;
+    if certs.is_empty() {
+        RUNTIME.store(ptr::null_mut(), Ordering::Release);
+        return;
+    }
+    let slots = match main_cfg.cache_spec().and_then(|c| c.size) {
+        Some(bytes) => {
+            let fit = (bytes / 8).saturating_sub(region_words(0, DEFAULT_SLOT_DER_BYTES)) / region_words(1, DEFAULT_SLOT_DER_BYTES).saturating_sub(region_words(0, DEFAULT_SLOT_DER_BYTES)).max(1);
+            if fit < certs.len() {
+                let dropped: Vec<String> = certs.drain(fit..).map(|c| c.info.label).collect();
+                error!(
+                    "StaplingCache is too small: {fit} responses fit, {} certificates are configured. Not \
+                     stapled: {}. Raise the size in StaplingCache/SSLStaplingCache to at least {} bytes",
+                    fit + dropped.len(),
+                    dropped.join(", "),
+                    region_words(fit + dropped.len(), DEFAULT_SLOT_DER_BYTES) * 8
+                );
+            }
+            fit.max(1)
+        }
+        // Room for certificates added at a graceful restart without a new mapping.
+        None => (certs.len() * 2).max(16),
+    };
+    // SAFETY: `s` is the live main server; process is set for its whole life.
+    let process_pool = unsafe { (*(*s).process).pool };
+    let words = match shm::region(process_pool, region_words(slots, DEFAULT_SLOT_DER_BYTES)) {
+        Ok((words, _reused)) => words,
+        Err(e) => {
+            error!("{e}; OCSP stapling is off until the next restart");
+            RUNTIME.store(ptr::null_mut(), Ordering::Release);
+            return;
+        }
+    };
+    let store = match SharedStore::attach(words, DEFAULT_SLOT_DER_BYTES) {
+        Ok(store) => store,
+        Err(e) => return error!("{e}; OCSP stapling is off until the next restart"),
+    };
+    let disk = disk_store(s, main_cfg);
+    let runtime = match Runtime::new(store, certs, disk) {
+        Ok(r) => Box::new(r),
+        Err(e) => {
+            error!("{e}: cannot place every certificate; OCSP stapling is off until the next restart");
+            RUNTIME.store(ptr::null_mut(), Ordering::Release);
+            return;
+        }
+    };
+    run_startup_helper(&runtime);
+    if let Some(disk) = &runtime.disk {
+        let keys: Vec<CertKey> = runtime.certs.iter().map(|c| c.info.key).collect();
+        for name in disk.prune(&keys, STORE_GRACE) {
+            info!("removed stored response {name}: its certificate is no longer configured");
+        }
+    }
+    // The parent has no other threads, so the previous runtime has no readers left.
+    let old = RUNTIME.swap(Box::into_raw(runtime), Ordering::AcqRel);
+    if !old.is_null() {
+        // SAFETY: `old` came from Box::into_raw above, in an earlier generation.
+        drop(unsafe { Box::from_raw(old) });
+    }
+}
+
+fn server_user() -> (u32, u32) {
+    // SAFETY: ap_unixd_config is filled in by mod_unixd while reading the config.
+    unsafe { (ffi::ap_unixd_config.user_id, ffi::ap_unixd_config.group_id) }
+}
+
+/// The directory for stored responses, created for the server's User, or None.
+fn disk_store(s: *mut ffi::server_rec, cfg: &ServerConfig) -> Option<DiskStore> {
+    let dir = match &cfg.global.store {
+        Some(None) => return None,
+        Some(Some(dir)) => server_root_relative(s, dir),
+        None => default_store_dir(s),
+    };
+    let store = DiskStore::new(dir);
+    // SAFETY: a plain query of the process's effective uid.
+    let owner = (unsafe { libc::geteuid() } == 0).then(server_user);
+    match store.prepare(owner) {
+        Ok(()) => Some(store),
+        Err(e) => {
+            warn!(
+                "StaplingStore {}: {e}; responses are kept in memory only and will be fetched again \
+                 after a restart. Fix the directory or set StaplingStore none",
+                store.dir().display()
+            );
+            None
+        }
+    }
+}
+
+fn server_root_relative(s: *mut ffi::server_rec, path: &str) -> String {
+    if path.starts_with('/') {
+        return path.to_string();
+    }
+    let c = std::ffi::CString::new(path).unwrap_or_default();
+    // SAFETY: the main server's process pool is live; ap_server_root_relative copies
+    // into it and returns NULL only on a bad path.
+    let full = unsafe { ffi::ap_server_root_relative((*(*s).process).pconf, c.as_ptr()) };
+    if full.is_null() {
+        path.to_string()
+    } else {
+        pool::text(full).into_owned()
+    }
+}
+
+/// Debian keeps state under /var/cache/apache2; RHEL's ServerRoot has a `state` link
+/// to /var/lib/httpd; anything else gets a directory under ServerRoot.
+fn default_store_dir(s: *mut ffi::server_rec) -> String {
+    let root = server_root_relative(s, "");
+    let root = root.trim_end_matches('/');
+    if root == "/etc/apache2" {
+        "/var/cache/apache2/mod_stapling".into()
+    } else if std::path::Path::new(&format!("{root}/state")).is_dir() {
+        format!("{root}/state/mod_stapling")
+    } else {
+        format!("{root}/stapling")
+    }
+}
+
+fn run_startup_helper(runtime: &Runtime) {
+    let longest = runtime.certs.iter().map(|c| c.settings.responder_timeout).max().unwrap_or_default();
+    let (uid, gid) = server_user();
+    match process::run_helper(uid, gid, longest + HELPER_GRACE, || runtime.startup_pass()) {
+        process::HelperEnd::Exited(0) => {}
+        process::HelperEnd::Exited(code) => warn!("startup fetch helper exited with status {code}"),
+        process::HelperEnd::TimedOut => warn!(
+            "startup fetch did not finish within {}s; the children go on trying in the background",
+            (longest + HELPER_GRACE).as_secs()
+        ),
+        process::HelperEnd::ForkFailed(e) => warn!("cannot start the startup fetch helper ({e}); fetching in the children"),
+    }
+    let stapled = (0..runtime.certs.len()).filter(|&i| runtime.store.state(runtime.slots[i]).staple_until > crate::engine::unix_now()).count();
+    info!("OCSP stapling ready: {stapled} of {} certificates have a verified response", runtime.certs.len());
+}
+
+/// Stops and joins a child's refresher when the child's pool goes away.
+struct Refresher {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Refresher {
+    fn drop(&mut self) {
+        let (flag, cv) = &*self.stop;
+        *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn stapling_rs_child_init(pchild: *mut ffi::apr_pool_t, _s: *mut ffi::server_rec) {
+    guard("child_init", (), || {
+        let runtime = RUNTIME.load(Ordering::Acquire) as usize;
+        if runtime == 0 {
+            return;
+        }
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop_for_thread = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new().name("stapling-refresh".into()).spawn(move || {
+            // SAFETY: the runtime outlives this thread: it is only freed in the parent,
+            // and the child's pool cleanup joins this thread before the child exits.
+            let runtime = unsafe { &*(runtime as *const Runtime) };
+            refresh_loop(runtime, &stop_for_thread);
+        });
+        match spawned {
+            Ok(handle) => {
+                pool::pool_owned(pchild, Refresher { stop, thread: Some(handle) });
+            }
+            Err(e) => error!("cannot start the OCSP refresh thread in this child: {e}"),
+        }
+    })
+}
+
+fn refresh_loop(runtime: &Runtime, stop: &(Mutex<bool>, Condvar)) {
+    let (flag, cv) = stop;
+    loop {
+        if runtime.superseded() {
+            return;
+        }
+        guard("refresh", (), || runtime.refresh_pass(&HttpTransport));
+        let stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
+        let (stopped, _) = cv.wait_timeout_while(stopped, REFRESH_TICK, |s| !*s).unwrap_or_else(|e| e.into_inner());
+        if *stopped {
+            return;
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The only place with `unsafe`: Apache's FFI types, the module struct, the hook entry
+//! points (each a panic boundary), the log bridge, shared memory and the startup helper.
+
+mod entry;
+mod ffi;
+pub mod log;
+mod pool;
+mod process;
+mod shm;
+
+pub use entry::stapling_module;

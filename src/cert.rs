@@ -1,0 +1,105 @@
+//! A certificate handed to us by mod_ssl: the leaf, its issuer, and what we need to
+//! ask about it.
+
+use std::fmt;
+
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::x509::X509;
+
+use crate::der;
+
+/// The id mod_ssl uses for a certificate: SHA-1 of its DER.
+pub type CertKey = [u8; 20];
+
+/// Why a primed PEM could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertError(pub String);
+
+impl fmt::Display for CertError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CertError {}
+
+/// A leaf certificate and its issuer.
+#[derive(Clone)]
+pub struct CertInfo {
+    /// SHA-1 of the leaf's DER.
+    pub key: CertKey,
+    /// The leaf.
+    pub leaf: X509,
+    /// Its issuer.
+    pub issuer: X509,
+    /// First OCSP URL from the AIA extension.
+    pub aia_ocsp_url: Option<String>,
+    /// Carries TLS Feature status_request (RFC 7633).
+    pub must_staple: bool,
+    /// Subject and serial, for log lines.
+    pub label: String,
+}
+
+impl fmt::Debug for CertInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label)
+    }
+}
+
+impl CertInfo {
+    /// Parses mod_ssl's PEM: the leaf first, then its issuer.
+    pub fn from_pem_chain(pem: &[u8]) -> Result<CertInfo, CertError> {
+        let chain = X509::stack_from_pem(pem)
+            .map_err(|e| CertError(format!("cannot parse the certificate PEM from mod_ssl: {e}")))?;
+        let mut certs = chain.into_iter();
+        let leaf = certs.next().ok_or_else(|| CertError("mod_ssl passed no certificate".into()))?;
+        let issuer = certs
+            .next()
+            .ok_or_else(|| CertError(format!("{}: mod_ssl passed no issuer certificate", label_of(&leaf))))?;
+        let digest = leaf
+            .digest(MessageDigest::sha1())
+            .map_err(|e| CertError(format!("cannot hash the certificate: {e}")))?;
+        let mut key = [0u8; 20];
+        key.copy_from_slice(&digest);
+        let der = leaf.to_der().map_err(|e| CertError(format!("cannot encode the certificate: {e}")))?;
+        let aia_ocsp_url = leaf
+            .ocsp_responders()
+            .ok()
+            .and_then(|urls| urls.iter().next().map(|u| u.to_string()));
+        Ok(CertInfo {
+            key,
+            must_staple: der::has_must_staple(&der),
+            label: label_of(&leaf),
+            leaf,
+            issuer,
+            aia_ocsp_url,
+        })
+    }
+
+    /// The hex form of the key, as used for store file names.
+    pub fn key_hex(&self) -> String {
+        hex(&self.key)
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn label_of(cert: &X509) -> String {
+    let cn = cert
+        .subject_name()
+        .entries_by_nid(Nid::COMMONNAME)
+        .next()
+        .and_then(|e| e.data().to_string().ok())
+        .unwrap_or_else(|| "(no CN)".into());
+    let serial = cert
+        .serial_number()
+        .to_bn()
+        .ok()
+        .and_then(|bn| bn.to_hex_str().ok().map(|s| s.to_string()))
+        .unwrap_or_default();
+    format!("certificate CN={cn} serial={serial}")
+}

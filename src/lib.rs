@@ -1,0 +1,15 @@
+//! mod_stapling: OCSP stapling for Apache httpd 2.4.
+//!
+//! Layers: `apache` holds every `unsafe` block, FFI type and pointer; `config`, `cert`,
+//! `ocsp`, `store`, `refresh` and `engine` are safe Rust, tested without Apache.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod apache;
+pub mod cert;
+pub mod config;
+pub mod der;
+pub mod engine;
+pub mod ocsp;
+pub mod refresh;
+pub mod store;

@@ -1,0 +1,7 @@
+//! Where responses live: shared memory for the handshake path, disk across restarts.
+
+pub mod disk;
+pub mod shared;
+
+pub use disk::DiskStore;
+pub use shared::{region_words, Publish, SharedStore, SlotState, SlotStatus, StoreError, DEFAULT_SLOT_DER_BYTES};
