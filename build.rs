@@ -20,25 +20,17 @@ fn query(tool_env: &str, default_tool: &str, args: &[&str]) -> Option<String> {
 fn include_dir(var: &str, tool_env: &str, tool: &str, args: &[&str]) -> String {
     println!("cargo:rerun-if-env-changed={var}");
     println!("cargo:rerun-if-env-changed={tool_env}");
-    env::var(var)
-        .ok()
-        .or_else(|| query(tool_env, tool, args))
-        .unwrap_or_else(|| {
-            panic!(
-                "cannot find headers: set {var}, or install apache2-dev so that `{tool} {}` works",
-                args.join(" ")
-            )
-        })
+    env::var(var).ok().or_else(|| query(tool_env, tool, args)).unwrap_or_else(|| {
+        panic!("cannot find headers: set {var}, or install apache2-dev so that `{tool} {}` works", args.join(" "))
+    })
 }
 
 fn main() {
     let apache = include_dir("APACHE_INCLUDE_DIR", "APXS", "apxs", &["-q", "INCLUDEDIR"]);
     let apr = include_dir("APR_INCLUDE_DIR", "APR_CONFIG", "apr-1-config", &["--includedir"]);
     let defines = ["-DLINUX", "-D_REENTRANT", "-D_GNU_SOURCE"];
-    let clang_args: Vec<String> = [format!("-I{apache}"), format!("-I{apr}")]
-        .into_iter()
-        .chain(defines.iter().map(|d| d.to_string()))
-        .collect();
+    let clang_args: Vec<String> =
+        [format!("-I{apache}"), format!("-I{apr}")].into_iter().chain(defines.iter().map(|d| d.to_string())).collect();
 
     println!("cargo:rerun-if-changed=c-shim/shim.c");
     println!("cargo:rerun-if-changed=c-shim/shim.h");

@@ -57,16 +57,12 @@ impl CertInfo {
         let issuer = certs
             .next()
             .ok_or_else(|| CertError(format!("{}: mod_ssl passed no issuer certificate", label_of(&leaf))))?;
-        let digest = leaf
-            .digest(MessageDigest::sha1())
-            .map_err(|e| CertError(format!("cannot hash the certificate: {e}")))?;
+        let digest =
+            leaf.digest(MessageDigest::sha1()).map_err(|e| CertError(format!("cannot hash the certificate: {e}")))?;
         let mut key = [0u8; 20];
         key.copy_from_slice(&digest);
         let der = leaf.to_der().map_err(|e| CertError(format!("cannot encode the certificate: {e}")))?;
-        let aia_ocsp_url = leaf
-            .ocsp_responders()
-            .ok()
-            .and_then(|urls| urls.iter().next().map(|u| u.to_string()));
+        let aia_ocsp_url = leaf.ocsp_responders().ok().and_then(|urls| urls.iter().next().map(|u| u.to_string()));
         Ok(CertInfo {
             key,
             must_staple: der::has_must_staple(&der),

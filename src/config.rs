@@ -184,11 +184,7 @@ impl ServerConfig {
 
     /// The cache spec that sizes the shared store.
     pub fn cache_spec(&self) -> Option<&CacheSpec> {
-        self.global.cache.as_ref().or(if self.compatibility() {
-            self.global.compat_cache.as_ref()
-        } else {
-            None
-        })
+        self.global.cache.as_ref().or(if self.compatibility() { self.global.compat_cache.as_ref() } else { None })
     }
 
     /// Apply one directive. `name` is matched case-insensitively, as Apache does.
@@ -264,9 +260,9 @@ impl ServerConfig {
 fn global_only(name: &str, ctx: Context) -> Result<(), ConfigError> {
     match ctx {
         Context::Global => Ok(()),
-        Context::VirtualHost => Err(ConfigError(format!(
-            "{name} applies to the whole server: move it outside <VirtualHost>"
-        ))),
+        Context::VirtualHost => {
+            Err(ConfigError(format!("{name} applies to the whole server: move it outside <VirtualHost>")))
+        }
     }
 }
 
@@ -308,18 +304,13 @@ fn parse_url(name: &str, arg: &str) -> Result<String, ConfigError> {
     // OCSP is fetched over plain HTTP (RFC 6960 A.1): the response is signed.
     match lower.strip_prefix("http://") {
         Some(h) if !h.is_empty() && !h.starts_with('/') && !arg.contains(char::is_whitespace) => Ok(arg.to_string()),
-        _ => Err(ConfigError(format!(
-            "{name}: expected an http:// URL of an OCSP responder, got '{arg}'"
-        ))),
+        _ => Err(ConfigError(format!("{name}: expected an http:// URL of an OCSP responder, got '{arg}'"))),
     }
 }
 
 fn parse_renew_window(name: &str, arg: &str) -> Result<RenewWindow, ConfigError> {
-    let bad = || {
-        ConfigError(format!(
-            "{name}: expected a percentage from 1% to 99% or a number of seconds, got '{arg}'"
-        ))
-    };
+    let bad =
+        || ConfigError(format!("{name}: expected a percentage from 1% to 99% or a number of seconds, got '{arg}'"));
     if let Some(p) = arg.strip_suffix('%') {
         return match p.trim().parse::<u8>() {
             Ok(n) if (1..=99).contains(&n) => Ok(RenewWindow::Percent(n)),

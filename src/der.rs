@@ -42,10 +42,7 @@ pub fn read(input: &[u8]) -> Option<(Tlv<'_>, &[u8])> {
         return None;
     }
     let header = input.len() - rest.len();
-    Some((
-        Tlv { tag, content: &rest[..len], whole: &input[..header + len] },
-        &rest[len..],
-    ))
+    Some((Tlv { tag, content: &rest[..len], whole: &input[..header + len] }, &rest[len..]))
 }
 
 /// All elements of a constructed element's content, in order.

@@ -195,7 +195,11 @@ impl Runtime {
             Ok(v) => {
                 let published = self.publish(i, &bytes, &v, now, false).is_ok();
                 if published {
-                    info!("{}: stapling the stored response from {} until a fresh one is fetched", cert.info.label, path.display());
+                    info!(
+                        "{}: stapling the stored response from {} until a fresh one is fetched",
+                        cert.info.label,
+                        path.display()
+                    );
                 }
                 published
             }
@@ -300,7 +304,14 @@ impl Runtime {
         }
     }
 
-    fn log_published(&self, cert: &ManagedCert, v: &Verified, previous: &crate::store::SlotState, next_in: i64, fresh: bool) {
+    fn log_published(
+        &self,
+        cert: &ManagedCert,
+        v: &Verified,
+        previous: &crate::store::SlotState,
+        next_in: i64,
+        fresh: bool,
+    ) {
         match &v.status {
             CertStatus::Revoked { reason } => error!(
                 "{} (vhost {}) is REVOKED ({reason}) according to {}: stapling the revoked status. \
@@ -309,10 +320,9 @@ impl Runtime {
                 cert.vhosts.join(", "),
                 cert.url
             ),
-            CertStatus::Good if fresh && (previous.status == SlotStatus::Empty || previous.failures > 0) => info!(
-                "{}: stapling a good response from {} (next refresh in {next_in}s)",
-                cert.info.label, cert.url
-            ),
+            CertStatus::Good if fresh && (previous.status == SlotStatus::Empty || previous.failures > 0) => {
+                info!("{}: stapling a good response from {} (next refresh in {next_in}s)", cert.info.label, cert.url)
+            }
             CertStatus::Good => debug!("{}: response refreshed (next refresh in {next_in}s)", cert.info.label),
         }
     }

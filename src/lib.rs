@@ -13,3 +13,5 @@ pub mod engine;
 pub mod ocsp;
 pub mod refresh;
 pub mod store;
+#[cfg(test)]
+pub mod testpki;

@@ -121,7 +121,11 @@ unsafe extern "C" fn merge_server_config(p: *mut ffi::apr_pool_t, base: *mut c_v
 
 /// Every directive, ours and (in compatibility mode) mod_ssl's, arrives here.
 #[no_mangle]
-pub unsafe extern "C" fn stapling_rs_cmd(cmd: *mut ffi::cmd_parms, _dir: *mut c_void, arg: *const c_char) -> *const c_char {
+pub unsafe extern "C" fn stapling_rs_cmd(
+    cmd: *mut ffi::cmd_parms,
+    _dir: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
     guard("directive parsing", c"mod_stapling: internal error while parsing a directive".as_ptr(), || {
         if cmd.is_null() {
             return ptr::null();
@@ -135,7 +139,11 @@ pub unsafe extern "C" fn stapling_rs_cmd(cmd: *mut ffi::cmd_parms, _dir: *mut c_
             Ok(Outcome::Handled) => ptr::null(),
             Ok(Outcome::PassToModSsl) => ffi::DECLINE_CMD.as_ptr().cast(),
             Ok(Outcome::IgnoredPassToModSsl(note)) => {
-                with_pass(|p| if !p.notes.contains(&note) { p.notes.push(note) });
+                with_pass(|p| {
+                    if !p.notes.contains(&note) {
+                        p.notes.push(note)
+                    }
+                });
                 ffi::DECLINE_CMD.as_ptr().cast()
             }
             Err(e) => pool::pstr(cmd_pool, &e.to_string()),
@@ -144,7 +152,11 @@ pub unsafe extern "C" fn stapling_rs_cmd(cmd: *mut ffi::cmd_parms, _dir: *mut c_
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn stapling_rs_pre_config(_pconf: *mut ffi::apr_pool_t, _plog: *mut ffi::apr_pool_t, _ptemp: *mut ffi::apr_pool_t) -> c_int {
+pub unsafe extern "C" fn stapling_rs_pre_config(
+    _pconf: *mut ffi::apr_pool_t,
+    _plog: *mut ffi::apr_pool_t,
+    _ptemp: *mut ffi::apr_pool_t,
+) -> c_int {
     guard("pre_config", ffi::OK, || {
         with_pass(|p| *p = Pass::default());
         ffi::OK
@@ -301,7 +313,10 @@ fn start_generation(s: *mut ffi::server_rec, registry: Registry) {
     }
     let slots = match main_cfg.cache_spec().and_then(|c| c.size) {
         Some(bytes) => {
-            let fit = (bytes / 8).saturating_sub(region_words(0, DEFAULT_SLOT_DER_BYTES)) / region_words(1, DEFAULT_SLOT_DER_BYTES).saturating_sub(region_words(0, DEFAULT_SLOT_DER_BYTES)).max(1);
+            let fit = (bytes / 8).saturating_sub(region_words(0, DEFAULT_SLOT_DER_BYTES))
+                / region_words(1, DEFAULT_SLOT_DER_BYTES)
+                    .saturating_sub(region_words(0, DEFAULT_SLOT_DER_BYTES))
+                    .max(1);
             if fit < certs.len() {
                 let dropped: Vec<String> = certs.drain(fit..).map(|c| c.info.label).collect();
                 error!(
@@ -422,9 +437,13 @@ fn run_startup_helper(runtime: &Runtime) {
             "startup fetch did not finish within {}s; the children go on trying in the background",
             (longest + HELPER_GRACE).as_secs()
         ),
-        process::HelperEnd::ForkFailed(e) => warn!("cannot start the startup fetch helper ({e}); fetching in the children"),
+        process::HelperEnd::ForkFailed(e) => {
+            warn!("cannot start the startup fetch helper ({e}); fetching in the children")
+        }
     }
-    let stapled = (0..runtime.certs.len()).filter(|&i| runtime.store.state(runtime.slots[i]).staple_until > crate::engine::unix_now()).count();
+    let stapled = (0..runtime.certs.len())
+        .filter(|&i| runtime.store.state(runtime.slots[i]).staple_until > crate::engine::unix_now())
+        .count();
     info!("OCSP stapling ready: {stapled} of {} certificates have a verified response", runtime.certs.len());
 }
 

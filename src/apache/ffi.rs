@@ -1,5 +1,14 @@
 //! bindgen output for the allowlisted parts of httpd.h, http_config.h, http_ssl.h, ...
-#![allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code, unsafe_op_in_unsafe_fn, unknown_lints, unnecessary_transmutes, clippy::all)]
+#![allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code,
+    unsafe_op_in_unsafe_fn,
+    unknown_lints,
+    unnecessary_transmutes,
+    clippy::all
+)]
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 

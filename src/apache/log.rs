@@ -24,6 +24,10 @@ fn aplog_level(level: log::Level) -> i32 {
 
 impl log::Log for ApacheLogger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        // Libraries (the HTTP client) only reach the admin when something is wrong.
+        if !metadata.target().starts_with("mod_stapling") && metadata.level() > log::Level::Warn {
+            return false;
+        }
         let s = MAIN_SERVER.load(Ordering::Acquire);
         // SAFETY: `s` is NULL or the main server_rec, which lives as long as the
         // configuration generation; the shim handles NULL.

@@ -32,7 +32,9 @@ pub(crate) fn run_helper(uid: u32, gid: u32, deadline: Duration, work: impl FnOn
                 Err(_) => 3,
             },
             Err(e) => {
-                log::error!("startup helper cannot switch to uid {uid}/gid {gid}: {e}; no responses fetched at startup");
+                log::error!(
+                    "startup helper cannot switch to uid {uid}/gid {gid}: {e}; no responses fetched at startup"
+                );
                 2
             }
         };

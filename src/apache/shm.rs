@@ -37,7 +37,14 @@ pub(crate) fn region(process_pool: *mut ffi::apr_pool_t, words: usize) -> Result
     let bytes = words.checked_mul(8).ok_or("shared region size overflows")?;
     // SAFETY: an anonymous shared mapping with no address hint; the result is checked.
     let base = unsafe {
-        libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
     if base == libc::MAP_FAILED {
         return Err(format!("cannot map {bytes} bytes of shared memory: {}", std::io::Error::last_os_error()));

@@ -27,19 +27,14 @@ pub fn fetch(url: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>, Fe
         .redirects(0)
         .user_agent(concat!("mod_stapling/", env!("CARGO_PKG_VERSION")))
         .build();
-    let response = agent
-        .post(url)
-        .set("Content-Type", "application/ocsp-request")
-        .send_bytes(request)
-        .map_err(|e| match e {
+    let response =
+        agent.post(url).set("Content-Type", "application/ocsp-request").send_bytes(request).map_err(|e| match e {
             ureq::Error::Status(code, r) => FetchError(format!("HTTP {code} {}", r.status_text())),
             ureq::Error::Transport(t) => FetchError(format!("transport error: {t}")),
         })?;
     let content_type = response.content_type().to_ascii_lowercase();
     if content_type != "application/ocsp-response" {
-        return Err(FetchError(format!(
-            "wrong Content-Type '{content_type}', expected application/ocsp-response"
-        )));
+        return Err(FetchError(format!("wrong Content-Type '{content_type}', expected application/ocsp-response")));
     }
     let mut body = Vec::new();
     response
