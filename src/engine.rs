@@ -59,10 +59,10 @@ pub enum PrimeDecision {
 pub struct Registry {
     /// In prime order.
     pub certs: Vec<ManagedCert>,
-    /// Servers (by address) that primed at least one certificate.
+    /// Servers (by address) for which mod_ssl handed over at least one certificate.
     pub primed_servers: Vec<usize>,
-    /// Keys already reported as having no URL.
-    no_url_reported: Vec<CertKey>,
+    /// Certificates without a responder URL, with the line to log once at startup.
+    pub no_url: Vec<(CertKey, String)>,
 }
 
 impl Registry {
@@ -71,20 +71,22 @@ impl Registry {
         if !settings.enabled {
             return PrimeDecision::Off;
         }
-        let Some(url) = settings.force_url.clone().or_else(|| info.aia_ocsp_url.clone()) else {
-            if !self.no_url_reported.contains(&info.key) {
-                self.no_url_reported.push(info.key);
-                info!(
-                    "{} (vhost {vhost}) has no OCSP responder URL and no StaplingForceURL is set: \
-                     it is not stapled. Many CAs, Let's Encrypt among them, stopped running OCSP in 2025",
-                    info.label
-                );
-            }
-            return PrimeDecision::NoUrl;
-        };
         if !self.primed_servers.contains(&server) {
             self.primed_servers.push(server);
         }
+        let Some(url) = settings.force_url.clone().or_else(|| info.aia_ocsp_url.clone()) else {
+            if !self.no_url.iter().any(|(k, _)| *k == info.key) {
+                self.no_url.push((
+                    info.key,
+                    format!(
+                        "{} (vhost {vhost}) has no OCSP responder URL and no StaplingForceURL is set: it is \
+                         not stapled. Many CAs, Let's Encrypt among them, stopped running OCSP in 2025",
+                        info.label
+                    ),
+                ));
+            }
+            return PrimeDecision::NoUrl;
+        };
         match self.certs.iter_mut().find(|c| c.info.key == info.key) {
             Some(existing) if !existing.vhosts.iter().any(|v| v == vhost) => existing.vhosts.push(vhost.to_string()),
             Some(_) => {}

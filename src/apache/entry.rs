@@ -159,6 +159,7 @@ pub unsafe extern "C" fn stapling_rs_pre_config(
 ) -> c_int {
     guard("pre_config", ffi::OK, || {
         with_pass(|p| *p = Pass::default());
+        aplog::init(ptr::null_mut());
         ffi::OK
     })
 }
@@ -181,6 +182,9 @@ pub unsafe extern "C" fn stapling_rs_ocsp_prime(
         if !settings.enabled {
             return ffi::DECLINED;
         }
+        // Lines about this certificate go to its vhost's log (and the logger must not
+        // keep a server_rec from the previous, freed configuration pass).
+        aplog::init(s);
         let mut key: CertKey = [0; 20];
         // SAFETY: mod_ssl passes `id_len` (checked: 20) readable bytes, valid for the call.
         key.copy_from_slice(unsafe { std::slice::from_raw_parts(id.cast::<u8>(), 20) });
@@ -252,7 +256,7 @@ pub unsafe extern "C" fn stapling_rs_post_config(
         }
         let pass = with_pass(std::mem::take);
         report_load_order();
-        pass.notes.iter().for_each(|n| info!("{n}"));
+        pass.notes.iter().chain(pass.registry.no_url.iter().map(|(_, line)| line)).for_each(|n| info!("{n}"));
         report_unprimed_vhosts(s, &pass.registry);
         start_generation(s, pass.registry);
         ffi::OK

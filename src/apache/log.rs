@@ -53,9 +53,9 @@ pub(crate) fn write(level: i32, text: &str) {
     unsafe { ffi::stapling_shim_log(level, 0, s, text.as_ptr().cast(), text.len()) };
 }
 
-/// Installs the logger (once per load of the module) and points it at `main_server`.
-pub(crate) fn init(main_server: *mut ffi::server_rec) {
-    MAIN_SERVER.store(main_server, Ordering::Release);
+/// Installs the logger (once per load of the module) and points it at `server`.
+pub(crate) fn init(server: *mut ffi::server_rec) {
+    MAIN_SERVER.store(server, Ordering::Release);
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(log::LevelFilter::Trace);
     }

@@ -1,0 +1,181 @@
+//! The vertical slice: a real Apache with mod_stapling, a real responder, real clients.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+/// Options for a vhost with `Stapling on` and a private store.
+fn stapling_opts(pki: &Pki, mpm: Mpm, children: u32) -> ApacheOptions {
+    let mut opts = ApacheOptions::for_pki(pki);
+    opts.mpm = mpm;
+    opts.children = children;
+    opts.vhost_conf = "Stapling on\n".into();
+    opts
+}
+
+fn assert_stapled_good(apache: &Apache, pki: &Pki) {
+    let ca = pki.path("root.crt");
+    for tls in ["-tls1_2", "-tls1_3"] {
+        let r = s_client_status(apache.port(), &ca, Some(tls));
+        assert!(r.stapled && r.verify_ok, "{tls}: no verified staple:\n{}\n{}", r.raw, apache.error_log());
+        assert_eq!(r.cert_status.as_deref(), Some("good"), "{tls}");
+    }
+    let (ok, out) = curl_cert_status(apache.port(), &ca);
+    assert!(ok, "curl --cert-status failed: {out}\n{}", apache.error_log());
+}
+
+#[test]
+fn module_exports_its_symbol() {
+    let out = Command::new("nm").args(["-D", "--defined-only"]).arg(module_path()).output().expect("nm");
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    assert!(symbols.lines().any(|l| l.ends_with(" D stapling_module")), "{symbols}");
+}
+
+#[test]
+fn staples_a_verified_response_prefork() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rport = free_port();
+    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
+    let _responder = Responder::openssl(&pki, rport);
+    let apache = Apache::start(stapling_opts(&pki, Mpm::Prefork, 3)).expect("apache");
+    assert_eq!(apache.child_pids().len(), 3);
+    assert_stapled_good(&apache, &pki);
+    assert!(apache.error_log().contains("OCSP stapling ready: 1 of 1"), "{}", apache.error_log());
+}
+
+#[test]
+fn staples_a_verified_response_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rport = free_port();
+    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
+    let _responder = Responder::openssl(&pki, rport);
+    let apache = Apache::start(stapling_opts(&pki, Mpm::Event, 3)).expect("apache");
+    assert_stapled_good(&apache, &pki);
+}
+
+#[test]
+fn compatibility_mode_serves_ssl_use_stapling_vhosts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rport = free_port();
+    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
+    let responder = Responder::fixture(&pki, rport);
+    let mut opts = ApacheOptions::for_pki(&pki);
+    opts.global_conf = "SSLStaplingCache shmcb:ssl_stapling(65536)\n\
+                        SSLStaplingReturnResponderErrors off\n"
+        .into();
+    opts.vhost_conf = "SSLUseStapling on\nSSLStaplingResponderTimeout 5\n".into();
+    let apache = Apache::start(opts).expect("apache");
+    assert_stapled_good(&apache, &pki);
+    // mod_ssl's own code would fetch again on the first handshake: only our startup
+    // fetch reached the responder.
+    assert_eq!(responder.requests(), 1, "{}", apache.error_log());
+    let log = apache.error_log();
+    assert!(log.contains("SSLStaplingReturnResponderErrors has no effect"), "{log}");
+}
+
+#[test]
+fn loading_before_mod_ssl_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rport = free_port();
+    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
+    let _responder = Responder::openssl(&pki, rport);
+    let mut opts = stapling_opts(&pki, Mpm::Prefork, 1);
+    opts.load_order_ssl_first = false;
+    let apache = Apache::start(opts).expect("apache");
+    assert!(apache.error_log().contains("mod_stapling is loaded before mod_ssl"), "{}", apache.error_log());
+    // Our own directive still works in that order.
+    assert_stapled_good(&apache, &pki);
+}
+
+#[test]
+fn bad_directives_fail_the_config_test_naming_the_directive() {
+    for (line, name) in [
+        ("Stapling maybe", "Stapling"),
+        ("StaplingResponderTimeout ten", "StaplingResponderTimeout"),
+        ("StaplingResponseTimeSkew -3", "StaplingResponseTimeSkew"),
+        ("StaplingResponseMaxAge 0", "StaplingResponseMaxAge"),
+        ("StaplingForceURL ocsp.example.com", "StaplingForceURL"),
+        ("StaplingRenewWindow 120%", "StaplingRenewWindow"),
+        ("StaplingCache nosuch:/x", "StaplingCache"),
+        ("StaplingUseNonce 2", "StaplingUseNonce"),
+        ("<VirtualHost 127.0.0.1:1>\nStaplingStore /tmp/x\n</VirtualHost>", "StaplingStore"),
+    ] {
+        let (ok, out) = apachectl_test(line);
+        assert!(!ok, "{line}: config test passed:\n{out}");
+        let msg = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{line}:\n{out}"));
+        assert!(msg.len() < 200, "one short line: {msg}");
+    }
+    let (ok, out) = apachectl_test("Stapling on\nStaplingResponderTimeout 3\nStaplingStore none\n");
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn certificate_without_ocsp_url_is_skipped_with_one_info_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::create(tmp.path(), &ocsp_url(free_port()));
+    let mut opts = ApacheOptions::new(pki.path("noaia-chain.crt"), pki.path("noaia.key"));
+    opts.vhost_conf = "Stapling on\n".into();
+    let apache = Apache::start(opts).expect("apache");
+    let r = s_client_status(apache.port(), &pki.path("root.crt"), None);
+    assert!(!r.stapled && r.verify_ok, "{}", r.raw);
+    assert_eq!(apache.log_count("has no OCSP responder URL"), 1, "{}", apache.error_log());
+    let (ok, out) = curl_get(apache.port(), &pki.path("root.crt"));
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn vhost_without_issuer_in_chain_gets_an_error_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rport = free_port();
+    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
+    let mut opts = ApacheOptions::new(pki.path("leaf.crt"), pki.path("leaf.key"));
+    opts.vhost_conf = "Stapling on\n".into();
+    let apache = Apache::start(opts).expect("apache");
+    assert!(apache.error_log().contains("add the intermediate CA certificate"), "{}", apache.error_log());
+}
+
+#[test]
+fn bad_responder_answers_are_never_stapled_and_apache_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rport = free_port();
+    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
+    let responder = Responder::fixture(&pki, rport);
+    let ca = pki.path("root.crt");
+    for (mode, reason) in [
+        ("bad_signature", "signature does not verify"),
+        ("delegated_noeku", "signature does not verify"),
+        ("wrong_certid", "different certificate"),
+        ("unknown", "'unknown'"),
+        ("expired", "nextUpdate"),
+        ("not_yet_valid", "thisUpdate"),
+        ("truncated", "not a DER OCSP response"),
+        ("html", "wrong Content-Type"),
+        ("http500", "HTTP 500"),
+        ("trylater", "'tryLater'"),
+        ("unauthorized", "'unauthorized'"),
+        ("close", "transport error"),
+        ("huge", "larger than"),
+        ("wrong_content_type", "wrong Content-Type"),
+    ] {
+        responder.set(&format!("mode={mode}"));
+        let mut opts = ApacheOptions::for_pki(&pki);
+        opts.vhost_conf = "Stapling on\nStaplingResponderTimeout 3\n".into();
+        let apache = Apache::start(opts).unwrap_or_else(|e| panic!("{mode}: {e}"));
+        let r = s_client_status(apache.port(), &ca, None);
+        assert!(!r.stapled && r.response_der_hex.is_none(), "{mode}: stapled:\n{}", r.raw);
+        let (ok, out) = curl_get(apache.port(), &ca);
+        assert!(ok, "{mode}: Apache stopped serving: {out}");
+        let log = apache.error_log();
+        assert!(
+            log.lines().any(|l| l.contains("[stapling:warn]") && l.contains(reason)),
+            "{mode}: no warning with '{reason}':\n{log}"
+        );
+    }
+    // A delegated responder with the OCSPSigning EKU is fine.
+    responder.set("mode=delegated");
+    let mut opts = ApacheOptions::for_pki(&pki);
+    opts.vhost_conf = "Stapling on\n".into();
+    let apache = Apache::start(opts).expect("apache");
+    assert_stapled_good(&apache, &pki);
+}
