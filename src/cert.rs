@@ -99,3 +99,54 @@ fn label_of(cert: &X509) -> String {
         .unwrap_or_default();
     format!("certificate CN={cn} serial={serial}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testpki::{cert_info, pem, OCSP_URL};
+
+    #[test]
+    fn must_staple_is_detected() {
+        assert!(cert_info("muststaple").must_staple);
+        assert!(!cert_info("leaf").must_staple);
+        assert!(!cert_info("noaia").must_staple);
+    }
+
+    #[test]
+    fn aia_ocsp_url_is_read() {
+        assert_eq!(cert_info("leaf").aia_ocsp_url.as_deref(), Some(OCSP_URL));
+        assert_eq!(cert_info("muststaple").aia_ocsp_url.as_deref(), Some(OCSP_URL));
+        assert_eq!(cert_info("noaia").aia_ocsp_url, None);
+    }
+
+    #[test]
+    fn key_is_sha1_of_the_leaf_der() {
+        let info = cert_info("leaf");
+        let leaf = X509::from_pem(&pem("leaf")).unwrap();
+        let digest = openssl::hash::hash(MessageDigest::sha1(), &leaf.to_der().unwrap()).unwrap();
+        assert_eq!(&info.key[..], &digest[..]);
+        assert_eq!(info.key_hex(), hex(&digest));
+        assert_eq!(info.key_hex().len(), 40);
+        assert_eq!(info.issuer.to_der().unwrap(), X509::from_pem(&pem("issuer")).unwrap().to_der().unwrap());
+        assert!(info.label.contains("CN=localhost"), "{}", info.label);
+        assert_ne!(cert_info("leaf2").key, info.key);
+    }
+
+    #[test]
+    fn leaf_alone_is_refused() {
+        let err = CertInfo::from_pem_chain(&pem("leaf")).unwrap_err();
+        assert!(err.0.contains("no issuer"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(CertInfo::from_pem_chain(b"this is not a certificate").is_err());
+        assert!(CertInfo::from_pem_chain(b"").is_err());
+        assert!(CertInfo::from_pem_chain(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
+    }
+
+    #[test]
+    fn hex_is_lower_case() {
+        assert_eq!(hex(&[0x00, 0xab, 0x0f]), "00ab0f");
+    }
+}

@@ -127,7 +127,12 @@ pub fn response_nonce(response_der: &[u8]) -> Option<Vec<u8>> {
     let rb_parts = children(rb.content)?;
     let (basic, _) = read(rb_parts.get(1)?.content)?;
     let (tbs, _) = read(basic.content)?;
-    let ext_wrapper = children(tbs.content)?.into_iter().find(|t| t.tag == 0xa1)?;
+    // ResponseData: [0] version?, responderID ([1] byName or [2] byKey), producedAt,
+    // responses, [1] responseExtensions?. byName shares the [1] tag with the
+    // extensions, so find them by position: two after producedAt (GeneralizedTime).
+    let fields = children(tbs.content)?;
+    let produced_at = fields.iter().position(|t| t.tag == 0x18)?;
+    let ext_wrapper = fields.get(produced_at + 2).filter(|t| t.tag == 0xa1)?;
     let value = find_extension(ext_wrapper.content, OID_OCSP_NONCE)?;
     match read(value) {
         Some((inner, rest)) if inner.tag == OCTET_STRING && rest.is_empty() => Some(inner.content.to_vec()),

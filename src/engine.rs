@@ -377,7 +377,7 @@ impl Runtime {
             }
         }
         if !missing.is_empty() {
-            warn!("no response yet for {}; retrying in the background", missing.join(", "));
+            info!("no response yet for {}; retrying in the background", missing.join(", "));
         }
     }
 

@@ -80,11 +80,13 @@ pub struct Opts {
     pub ndays: Option<u32>,
     /// `-resp_no_certs`.
     pub no_certs: bool,
+    /// `-resp_key_id`: responderID byKey instead of byName.
+    pub key_id: bool,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { signer: "issuer", index: Index::Valid, ndays: Some(1), no_certs: false }
+        Opts { signer: "issuer", index: Index::Valid, ndays: Some(1), no_certs: false, key_id: false }
     }
 }
 
@@ -153,6 +155,9 @@ pub fn respond(request_der: &[u8], opts: Opts) -> Vec<u8> {
     }
     if opts.no_certs {
         cmd.arg("-resp_no_certs");
+    }
+    if opts.key_id {
+        cmd.arg("-resp_key_id");
     }
     let out = cmd.output().expect("cannot run openssl ocsp");
     assert!(

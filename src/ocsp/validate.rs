@@ -97,6 +97,10 @@ impl std::error::Error for Rejection {}
 /// Checks `der` as an answer for `cert` at Unix time `now`.
 pub fn validate(der_bytes: &[u8], cert: &CertInfo, policy: &Policy, now: i64) -> Result<Verified, Rejection> {
     let response = OcspResponse::from_der(der_bytes).map_err(|e| Rejection::NotOcsp(first_error(&e)))?;
+    // OpenSSL ignores bytes after the DER element; strict clients do not.
+    if !matches!(der::read(der_bytes), Some((_, rest)) if rest.is_empty()) {
+        return Err(Rejection::NotOcsp("trailing data after the response".into()));
+    }
     let status = response.status();
     if status != OcspResponseStatus::SUCCESSFUL {
         return Err(Rejection::ResponderError(response_status_name(status)));
@@ -185,5 +189,311 @@ fn reason_name(reason: OcspRevokedStatus) -> &'static str {
         OcspRevokedStatus::REMOVE_FROM_CRL => "removeFromCRL",
         OcspRevokedStatus::UNSPECIFIED => "unspecified",
         _ => "no reason given",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::unix_now;
+    use crate::ocsp::build_request;
+    use crate::testpki::{self, cert_info, cert_info_with_issuer, respond, response_for, Index, Opts};
+
+    const DAY: i64 = 86_400;
+
+    fn policy() -> Policy {
+        Policy { time_skew: 300, max_age: None, nonce: None }
+    }
+
+    fn good_leaf_response() -> Vec<u8> {
+        response_for(&cert_info("leaf"), Opts::default())
+    }
+
+    fn assert_close(actual: i64, expected: i64, what: &str) {
+        assert!((actual - expected).abs() <= 120, "{what} is {actual}, expected about {expected}");
+    }
+
+    #[test]
+    fn good_response_is_accepted() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts::default());
+        let now = unix_now();
+        let v = validate(&der, &leaf, &policy(), now).expect("good response validates");
+        assert_eq!(v.status, CertStatus::Good);
+        assert_close(v.this_update, now, "thisUpdate");
+        assert_close(v.next_update.expect("nextUpdate present"), now + DAY, "nextUpdate");
+    }
+
+    #[test]
+    fn revoked_response_is_accepted_with_reason() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts { index: Index::Revoked("leaf"), ..Opts::default() });
+        let v = validate(&der, &leaf, &policy(), unix_now()).expect("revoked response validates");
+        assert_eq!(v.status, CertStatus::Revoked { reason: "keyCompromise".into() });
+    }
+
+    #[test]
+    fn revoking_another_certificate_leaves_leaf_good() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts { index: Index::Revoked("leaf2"), ..Opts::default() });
+        let v = validate(&der, &leaf, &policy(), unix_now()).expect("validates");
+        assert_eq!(v.status, CertStatus::Good);
+    }
+
+    #[test]
+    fn unknown_status_is_rejected() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts { index: Index::Empty, ..Opts::default() });
+        assert_eq!(validate(&der, &leaf, &policy(), unix_now()), Err(Rejection::Unknown));
+    }
+
+    #[test]
+    fn response_signed_by_unrelated_ca_is_rejected() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts { signer: "other-ca", ..Opts::default() });
+        let r = validate(&der, &leaf, &policy(), unix_now());
+        assert!(matches!(r, Err(Rejection::BadSignature(_))), "{r:?}");
+    }
+
+    #[test]
+    fn response_signed_by_unrelated_ca_without_certs_is_rejected() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts { signer: "other-ca", no_certs: true, ..Opts::default() });
+        let r = validate(&der, &leaf, &policy(), unix_now());
+        assert!(matches!(r, Err(Rejection::BadSignature(_))), "{r:?}");
+    }
+
+    #[test]
+    fn issuer_signed_response_without_certs_is_accepted() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts { no_certs: true, ..Opts::default() });
+        let v = validate(&der, &leaf, &policy(), unix_now()).expect("validates");
+        assert_eq!(v.status, CertStatus::Good);
+    }
+
+    #[test]
+    fn delegated_responder_with_ocsp_signing_eku_is_accepted() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts { signer: "responder", ..Opts::default() });
+        let v = validate(&der, &leaf, &policy(), unix_now()).expect("delegated response validates");
+        assert_eq!(v.status, CertStatus::Good);
+    }
+
+    #[test]
+    fn delegated_responder_without_ocsp_signing_eku_is_rejected() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts { signer: "responder-noeku", ..Opts::default() });
+        let r = validate(&der, &leaf, &policy(), unix_now());
+        assert!(matches!(r, Err(Rejection::BadSignature(_))), "{r:?}");
+    }
+
+    #[test]
+    fn delegated_responder_whose_cert_is_missing_is_rejected() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts { signer: "responder", no_certs: true, ..Opts::default() });
+        let r = validate(&der, &leaf, &policy(), unix_now());
+        assert!(matches!(r, Err(Rejection::BadSignature(_))), "{r:?}");
+    }
+
+    #[test]
+    fn response_for_another_certificate_is_rejected() {
+        let der = response_for(&cert_info("leaf2"), Opts::default());
+        assert_eq!(validate(&der, &cert_info("leaf"), &policy(), unix_now()), Err(Rejection::WrongCert));
+    }
+
+    #[test]
+    fn response_checked_against_wrong_issuer_is_rejected() {
+        let der = good_leaf_response();
+        let wrong = cert_info_with_issuer("leaf", "other-ca");
+        let r = validate(&der, &wrong, &policy(), unix_now());
+        assert!(r.is_err(), "{r:?}");
+    }
+
+    #[test]
+    fn expired_response_is_rejected() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts::default());
+        let r = validate(&der, &leaf, &policy(), unix_now() + 2 * DAY);
+        assert!(matches!(r, Err(Rejection::Expired(_))), "{r:?}");
+    }
+
+    #[test]
+    fn expiry_within_skew_is_accepted() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts::default());
+        let next = validate(&der, &leaf, &policy(), unix_now()).unwrap().next_update.unwrap();
+        assert!(validate(&der, &leaf, &policy(), next + 200).is_ok());
+        assert_eq!(validate(&der, &leaf, &policy(), next + 400), Err(Rejection::Expired(next)));
+    }
+
+    #[test]
+    fn response_from_the_future_is_rejected() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts::default());
+        let r = validate(&der, &leaf, &policy(), unix_now() - 3600);
+        assert!(matches!(r, Err(Rejection::NotYetValid(_))), "{r:?}");
+    }
+
+    #[test]
+    fn future_this_update_within_skew_is_accepted() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts::default());
+        let v = validate(&der, &leaf, &policy(), unix_now() - 100).expect("within skew");
+        assert_eq!(v.status, CertStatus::Good);
+    }
+
+    #[test]
+    fn response_older_than_max_age_is_rejected() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts::default());
+        let p = Policy { max_age: Some(60), ..policy() };
+        let r = validate(&der, &leaf, &p, unix_now() + 3600);
+        assert!(matches!(r, Err(Rejection::TooOld(_))), "{r:?}");
+        assert!(validate(&der, &leaf, &p, unix_now()).is_ok());
+    }
+
+    #[test]
+    fn response_without_next_update_is_accepted() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts { ndays: None, ..Opts::default() });
+        let now = unix_now();
+        let v = validate(&der, &leaf, &policy(), now).expect("validates");
+        assert_eq!(v.status, CertStatus::Good);
+        assert_eq!(v.next_update, None);
+        assert_close(v.this_update, now, "thisUpdate");
+        // Without nextUpdate there is nothing to expire.
+        assert!(validate(&der, &leaf, &policy(), now + 30 * DAY).is_ok());
+    }
+
+    #[test]
+    fn truncated_der_is_not_ocsp() {
+        let der = good_leaf_response();
+        let r = validate(&der[..der.len() / 2], &cert_info("leaf"), &policy(), unix_now());
+        assert!(matches!(r, Err(Rejection::NotOcsp(_))), "{r:?}");
+    }
+
+    #[test]
+    fn html_is_not_ocsp() {
+        let html = b"<html><body><h1>502 Bad Gateway</h1></body></html>\n";
+        let r = validate(html, &cert_info("leaf"), &policy(), unix_now());
+        assert!(matches!(r, Err(Rejection::NotOcsp(_))), "{r:?}");
+    }
+
+    #[test]
+    fn empty_bytes_are_not_ocsp() {
+        let r = validate(&[], &cert_info("leaf"), &policy(), unix_now());
+        assert!(matches!(r, Err(Rejection::NotOcsp(_))), "{r:?}");
+    }
+
+    #[test]
+    fn trailing_garbage_is_not_ocsp() {
+        let mut der = good_leaf_response();
+        der.extend_from_slice(b"junk");
+        let r = validate(&der, &cert_info("leaf"), &policy(), unix_now());
+        assert!(matches!(r, Err(Rejection::NotOcsp(_))), "{r:?}");
+    }
+
+    #[test]
+    fn flipped_signature_byte_is_rejected() {
+        let leaf = cert_info("leaf");
+        let mut der = response_for(&leaf, Opts { no_certs: true, ..Opts::default() });
+        // With no certs, the signature BIT STRING ends the response.
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        let r = validate(&der, &leaf, &policy(), unix_now());
+        assert!(matches!(r, Err(Rejection::BadSignature(_))), "{r:?}");
+    }
+
+    fn status_only(code: u8) -> Vec<u8> {
+        vec![0x30, 0x03, 0x0a, 0x01, code]
+    }
+
+    #[test]
+    fn try_later_is_a_responder_error() {
+        let r = validate(&status_only(3), &cert_info("leaf"), &policy(), unix_now());
+        assert_eq!(r, Err(Rejection::ResponderError("tryLater")));
+    }
+
+    #[test]
+    fn unauthorized_is_a_responder_error() {
+        let r = validate(&status_only(6), &cert_info("leaf"), &policy(), unix_now());
+        assert_eq!(r, Err(Rejection::ResponderError("unauthorized")));
+    }
+
+    #[test]
+    fn malformed_request_is_a_responder_error() {
+        let r = validate(&status_only(1), &cert_info("leaf"), &policy(), unix_now());
+        assert_eq!(r, Err(Rejection::ResponderError("malformedRequest")));
+    }
+
+    #[test]
+    fn internal_error_is_a_responder_error() {
+        let r = validate(&status_only(2), &cert_info("leaf"), &policy(), unix_now());
+        assert_eq!(r, Err(Rejection::ResponderError("internalError")));
+    }
+
+    #[test]
+    fn sig_required_is_a_responder_error() {
+        let r = validate(&status_only(5), &cert_info("leaf"), &policy(), unix_now());
+        assert_eq!(r, Err(Rejection::ResponderError("sigRequired")));
+    }
+
+    #[test]
+    fn echoed_nonce_is_accepted() {
+        let leaf = cert_info("leaf");
+        let (req, nonce) = build_request(&leaf, true).expect("request");
+        let nonce = nonce.expect("nonce requested");
+        assert_eq!(nonce.len(), 16);
+        let der = respond(&req, Opts::default());
+        assert_eq!(der::response_nonce(&der).as_deref(), Some(nonce.as_slice()));
+        let p = Policy { nonce: Some(nonce), ..policy() };
+        let v = validate(&der, &leaf, &p, unix_now()).expect("nonce echoed");
+        assert_eq!(v.status, CertStatus::Good);
+    }
+
+    #[test]
+    fn echoed_nonce_is_accepted_with_responder_id_by_key() {
+        let leaf = cert_info("leaf");
+        let (req, nonce) = build_request(&leaf, true).expect("request");
+        let der = respond(&req, Opts { key_id: true, signer: "responder", ..Opts::default() });
+        let p = Policy { nonce: nonce.clone(), ..policy() };
+        assert_eq!(der::response_nonce(&der), nonce);
+        let v = validate(&der, &leaf, &p, unix_now()).expect("nonce echoed");
+        assert_eq!(v.status, CertStatus::Good);
+    }
+
+    #[test]
+    fn missing_nonce_is_rejected() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts::default());
+        assert_eq!(der::response_nonce(&der), None);
+        let p = Policy { nonce: Some(vec![0x42; 16]), ..policy() };
+        assert_eq!(validate(&der, &leaf, &p, unix_now()), Err(Rejection::NonceMismatch));
+    }
+
+    #[test]
+    fn different_nonce_is_rejected() {
+        let leaf = cert_info("leaf");
+        let (req, nonce) = build_request(&leaf, true).expect("request");
+        let der = respond(&req, Opts::default());
+        let mut other = nonce.expect("nonce");
+        other[0] ^= 0xff;
+        let p = Policy { nonce: Some(other), ..policy() };
+        assert_eq!(validate(&der, &leaf, &p, unix_now()), Err(Rejection::NonceMismatch));
+    }
+
+    #[test]
+    fn request_without_nonce_carries_none() {
+        let (req, nonce) = build_request(&cert_info("leaf"), false).expect("request");
+        assert_eq!(nonce, None);
+        assert!(openssl::ocsp::OcspRequest::from_der(&req).is_ok());
+        // The same PKI directory is reused across the whole test process.
+        assert!(testpki::path("index.txt").exists());
+    }
+
+    #[test]
+    fn rejections_display_their_detail() {
+        assert!(Rejection::ResponderError("tryLater").to_string().contains("tryLater"));
+        assert!(Rejection::Expired(12345).to_string().contains("12345"));
     }
 }

@@ -1,0 +1,162 @@
+//! One response for every worker: the shared store, the single-flight refresher and
+//! the failure semantics, against a responder whose answers the tests control.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    pki: Pki,
+    responder: Responder,
+}
+
+fn setup(initial: &str) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let rport = free_port();
+    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
+    let responder = Responder::fixture(&pki, rport);
+    responder.set(initial);
+    Setup { _tmp: tmp, pki, responder }
+}
+
+fn opts(s: &Setup, mpm: Mpm, children: u32, extra_vhost: &str) -> ApacheOptions {
+    let mut o = ApacheOptions::for_pki(&s.pki);
+    o.mpm = mpm;
+    o.children = children;
+    o.vhost_conf = format!("Stapling on\nStaplingResponderTimeout 5\n{extra_vhost}");
+    o
+}
+
+fn staple(apache: &Apache, s: &Setup) -> StapleResult {
+    s_client_status(apache.port(), &s.pki.path("root.crt"), None)
+}
+
+fn many_handshakes_all_stapled_with_one_fetch(mpm: Mpm) {
+    let s = setup("mode=good");
+    let apache = Apache::start(opts(&s, mpm, 6, "")).expect("apache");
+    let ca = s.pki.path("root.crt");
+    for i in 0..120 {
+        let r = staple(&apache, &s);
+        assert!(r.stapled && r.cert_status.as_deref() == Some("good"), "handshake {i}: {}", r.raw);
+    }
+    for i in 0..60 {
+        let (ok, out) = curl_cert_status(apache.port(), &ca);
+        assert!(ok, "curl {i}: {out}");
+    }
+    assert_eq!(s.responder.requests(), 1, "{}", apache.error_log());
+}
+
+#[test]
+fn prefork_six_children_one_fetch() {
+    many_handshakes_all_stapled_with_one_fetch(Mpm::Prefork);
+}
+
+#[test]
+fn event_six_children_one_fetch() {
+    many_handshakes_all_stapled_with_one_fetch(Mpm::Event);
+}
+
+#[test]
+fn recycled_children_keep_stapling_without_fetching() {
+    let s = setup("mode=good");
+    let mut o = opts(&s, Mpm::Prefork, 3, "");
+    o.global_conf = "MaxConnectionsPerChild 4\n".into();
+    let apache = Apache::start(o).expect("apache");
+    for i in 0..40 {
+        assert!(staple(&apache, &s).stapled, "handshake {i}");
+    }
+    assert_eq!(s.responder.requests(), 1);
+}
+
+#[test]
+fn slow_responder_does_not_delay_or_miss_the_first_handshake() {
+    let s = setup("mode=good&delay=2");
+    let apache = Apache::start(opts(&s, Mpm::Event, 6, "")).expect("apache");
+    let started = Instant::now();
+    let r = staple(&apache, &s);
+    let took = started.elapsed();
+    assert!(r.stapled && r.cert_status.as_deref() == Some("good"), "{}", r.raw);
+    assert!(took < Duration::from_millis(1000), "first handshake took {took:?}");
+    assert_eq!(s.responder.requests(), 1);
+}
+
+#[test]
+fn graceful_restart_keeps_the_staple_without_a_new_request() {
+    let s = setup("mode=good");
+    let apache = Apache::start(opts(&s, Mpm::Prefork, 3, "")).expect("apache");
+    let before = staple(&apache, &s).der().expect("staple before restart");
+    apache.graceful();
+    let after = staple(&apache, &s).der().expect("staple after restart");
+    assert_eq!(before, after);
+    assert_eq!(s.responder.requests(), 1, "{}", apache.error_log());
+}
+
+/// A good response that expires 20 s after the fetch; the renew schedule then asks
+/// again after 5 s. `mode` is served from then on.
+fn last_good_stays_until_expiry_then_nothing(mode: &str) {
+    let s = setup("mode=good&validity=80");
+    let apache = Apache::start(opts(&s, Mpm::Prefork, 2, "StaplingResponseTimeSkew 2\n")).expect("apache");
+    let fetched = Instant::now();
+    let good = staple(&apache, &s).der().expect("initial staple");
+    s.responder.set(&format!("mode={mode}"));
+    assert!(s.responder.wait_requests(2, Duration::from_secs(15)), "no refresh attempt:\n{}", apache.error_log());
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        assert_eq!(staple(&apache, &s).der().as_ref(), Some(&good), "{mode}: staple changed:\n{}", apache.error_log());
+    }
+    assert!(apache.error_log().contains("the last good response stays stapled"), "{}", apache.error_log());
+    // nextUpdate is 20 s after the fetch, plus 2 s of skew.
+    let gone = wait_until(Duration::from_secs(40), || !staple(&apache, &s).stapled);
+    assert!(gone, "{mode}: still stapled long after nextUpdate");
+    assert!(fetched.elapsed() >= Duration::from_secs(20), "{mode}: dropped before nextUpdate+skew");
+    let r = staple(&apache, &s);
+    assert!(r.response_der_hex.is_none(), "{mode}: something stapled after expiry:\n{}", r.raw);
+    let (ok, out) = curl_get(apache.port(), &s.pki.path("root.crt"));
+    assert!(ok, "{out}");
+}
+
+macro_rules! fault_tests {
+    ($($name:ident => $mode:literal),* $(,)?) => {
+        $(#[test] fn $name() { last_good_stays_until_expiry_then_nothing($mode); })*
+    };
+}
+
+fault_tests! {
+    fault_bad_signature => "bad_signature",
+    fault_wrong_certid => "wrong_certid",
+    fault_unknown => "unknown",
+    fault_expired => "expired",
+    fault_not_yet_valid => "not_yet_valid",
+    fault_truncated => "truncated",
+    fault_html => "html",
+    fault_http500 => "http500",
+    fault_trylater => "trylater",
+    fault_unauthorized => "unauthorized",
+    fault_connection_closed => "close",
+}
+
+#[test]
+fn revoked_replaces_good_within_the_renew_schedule() {
+    let s = setup("mode=good&validity=80");
+    let apache = Apache::start(opts(&s, Mpm::Event, 2, "")).expect("apache");
+    assert_eq!(staple(&apache, &s).cert_status.as_deref(), Some("good"));
+    s.responder.set("mode=revoked");
+    let revoked = wait_until(Duration::from_secs(20), || staple(&apache, &s).cert_status.as_deref() == Some("revoked"));
+    assert!(revoked, "{}", apache.error_log());
+    assert!(apache.error_log().lines().any(|l| l.contains("[stapling:error]") && l.contains("REVOKED")));
+}
+
+#[test]
+fn requests_stay_bounded_while_the_responder_fails() {
+    let s = setup("mode=http500");
+    let apache = Apache::start(opts(&s, Mpm::Prefork, 6, "")).expect("apache");
+    std::thread::sleep(Duration::from_secs(40));
+    let n = s.responder.requests();
+    // The startup attempt, then one retry after 30-33 s; the next is a minute later.
+    assert!((2..=3).contains(&n), "{n} requests in 40 s:\n{}", apache.error_log());
+    assert!(!staple(&apache, &s).stapled);
+    assert_eq!(apache.log_count("[stapling:warn]"), 1, "one warning per failure streak:\n{}", apache.error_log());
+}
