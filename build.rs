@@ -66,4 +66,5 @@ fn main() {
     // Test and bench executables link the library but never call into Apache, whose
     // symbols only exist inside the httpd process.
     println!("cargo:rustc-link-arg-tests=-Wl,--unresolved-symbols=ignore-all");
+    println!("cargo:rustc-link-arg-benches=-Wl,--unresolved-symbols=ignore-all");
 }

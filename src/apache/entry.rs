@@ -22,7 +22,6 @@ use crate::store::{region_words, DiskStore, SharedStore, DEFAULT_SLOT_DER_BYTES}
 /// the cdylib exports the symbol; the directive table and hook registration are the
 /// C shim's.
 #[no_mangle]
-#[used]
 pub static mut stapling_module: ffi::module = ffi::module {
     version: ffi::MODULE_MAGIC_NUMBER_MAJOR as c_int,
     minor_version: ffi::MODULE_MAGIC_NUMBER_MINOR as c_int,

@@ -294,11 +294,11 @@ impl<'a> SharedStore<'a> {
             return None;
         }
         out.clear();
-        out.reserve(len);
-        for i in 0..len.div_ceil(8) {
-            let bytes = self.word(slot, META_WORDS + i).load(Ordering::Relaxed).to_le_bytes();
-            let take = (len - i * 8).min(8);
-            out.extend_from_slice(&bytes[..take]);
+        out.resize(len, 0);
+        let base = HEADER_WORDS + slot * self.slot_words + META_WORDS;
+        let words = &self.words[base..base + len.div_ceil(8)];
+        for (chunk, word) in out.chunks_mut(8).zip(words) {
+            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes()[..chunk.len()]);
         }
         Some(status)
     }
