@@ -225,8 +225,13 @@ impl Runtime {
         if !self.store.try_lease(slot, now_ms, now_ms + lease_ms) {
             return Attempt::Skipped;
         }
-        // Another process may have finished a refresh between our check and the lease.
+        // Another process may have finished a refresh between our check and the lease,
+        // or a new configuration may have given the slot to another certificate.
         let state = self.store.state(slot);
+        if !self.store.holds(slot, &cert.info.key) {
+            self.store.release(slot, state.next_fetch, state.failures, None);
+            return Attempt::Skipped;
+        }
         if !refresh::is_due(state.next_fetch, unix_now()) {
             self.store.release(slot, state.next_fetch, state.failures, None);
             return Attempt::Skipped;

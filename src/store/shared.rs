@@ -192,18 +192,22 @@ impl<'a> SharedStore<'a> {
                 _ => {}
             }
         }
-        let mut free = free.into_iter();
+        // Take each slot's lease while re-keying it, so that a refresher of the old
+        // generation can never publish the old key's response into it.
+        let mut free = free.into_iter().filter(|&slot| self.try_lease(slot, now_ms, u64::MAX));
         for (i, slot) in assigned.iter_mut().enumerate() {
             if *slot != usize::MAX {
                 continue;
             }
             *slot = free.next().ok_or(StoreError::Full { slots: self.slots })?;
             self.reset_slot(*slot, Some(&keys[i]));
+            self.release(*slot, 0, 0, None);
         }
         for slot in free {
             if self.key_of(slot).is_some() {
                 self.reset_slot(slot, None);
             }
+            self.release(slot, 0, 0, None);
         }
         Ok(assigned)
     }
@@ -341,6 +345,12 @@ impl<'a> SharedStore<'a> {
         self.word(slot, W_LEASE_UNTIL).store(0, Ordering::Release);
     }
 
+    /// True if `slot` currently belongs to `key`. Checked under the lease before a
+    /// refresher publishes, since the parent may have re-keyed the slot meanwhile.
+    pub fn holds(&self, slot: usize, key: &CertKey) -> bool {
+        self.key_of(slot).as_ref() == Some(key)
+    }
+
     /// Counts one request to the responder for this slot.
     pub fn count_fetch(&self, slot: usize) {
         self.word(slot, W_FETCHES).fetch_add(1, Ordering::Relaxed);
@@ -444,6 +454,17 @@ mod tests {
         s.assign(&[[1; 20]], 0).unwrap();
         assert!(s.try_lease(0, 0, 10_000));
         assert_eq!(s.assign(&[[2; 20]], 5_000), Err(StoreError::Full { slots: 1 }));
+    }
+
+    #[test]
+    fn rekeyed_slot_is_not_held_by_the_old_key() {
+        let r = region(1);
+        let s = SharedStore::attach(&r, 1024).unwrap();
+        s.assign(&[[1; 20]], 0).unwrap();
+        assert!(s.holds(0, &[1; 20]));
+        s.assign(&[[2; 20]], 0).unwrap();
+        assert!(!s.holds(0, &[1; 20]) && s.holds(0, &[2; 20]));
+        assert!(s.try_lease(0, 1, 2), "re-keying released its lease");
     }
 
     #[test]
