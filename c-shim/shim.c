@@ -55,10 +55,11 @@ void stapling_shim_register_hooks(apr_pool_t *p)
     ap_hook_ssl_ocsp_get_resp_hook(stapling_rs_ocsp_get_resp, NULL, NULL, APR_HOOK_MIDDLE);
 }
 
-void stapling_shim_log(int level, apr_status_t status, const server_rec *s,
-                       const char *msg, apr_size_t len)
+void stapling_shim_log(const char *file, int line, int level, apr_status_t status,
+                       const server_rec *s, const char *msg, apr_size_t len)
 {
-    ap_log_error(APLOG_MARK, level, status, s, "%.*s", (int)len, msg);
+    /* ap_log_error() with the Rust caller's file and line instead of ours. */
+    ap_log_error_(file, line, APLOG_MODULE_INDEX, level, status, s, "%.*s", (int)len, msg);
 }
 
 int stapling_shim_log_enabled(const server_rec *s, int level)

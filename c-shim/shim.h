@@ -13,8 +13,8 @@ extern const command_rec stapling_shim_cmds[];
 void stapling_shim_register_hooks(apr_pool_t *p);
 
 /* ap_log_error with the module's own log index; msg is not a format string. */
-void stapling_shim_log(int level, apr_status_t status, const server_rec *s,
-                       const char *msg, apr_size_t len);
+void stapling_shim_log(const char *file, int line, int level, apr_status_t status,
+                       const server_rec *s, const char *msg, apr_size_t len);
 
 /* 1 if `level` is enabled for this module on server `s` (or the main server). */
 int stapling_shim_log_enabled(const server_rec *s, int level);

@@ -39,7 +39,8 @@ impl log::Log for ApacheLogger {
             return;
         }
         let text = format!("{}", record.args());
-        write(aplog_level(record.level()), &text);
+        let file = record.file().and_then(|f| std::ffi::CString::new(f).ok());
+        write_at(file.as_deref(), record.line().unwrap_or(0), aplog_level(record.level()), &text);
     }
 
     fn flush(&self) {}
@@ -47,10 +48,15 @@ impl log::Log for ApacheLogger {
 
 /// Logs `text` at APLOG level `level`; the text is passed as data, never as a format.
 pub(crate) fn write(level: i32, text: &str) {
+    write_at(None, 0, level, text);
+}
+
+fn write_at(file: Option<&std::ffi::CStr>, line: u32, level: i32, text: &str) {
     let s = MAIN_SERVER.load(Ordering::Acquire);
-    // SAFETY: the pointer and length describe `text`, which outlives the call; the shim
-    // prints it with "%.*s"; `s` is NULL or the live main server_rec.
-    unsafe { ffi::stapling_shim_log(level, 0, s, text.as_ptr().cast(), text.len()) };
+    let file = file.unwrap_or(c"mod_stapling");
+    // SAFETY: the pointers and length describe `file` and `text`, which outlive the
+    // call; the shim prints the text with "%.*s"; `s` is NULL or the live server_rec.
+    unsafe { ffi::stapling_shim_log(file.as_ptr(), line as i32, level, 0, s, text.as_ptr().cast(), text.len()) };
 }
 
 /// Installs the logger (once per load of the module) and points it at `server`.
