@@ -17,7 +17,7 @@ fn stapling_opts(pki: &Pki, mpm: Mpm, children: u32) -> ApacheOptions {
 fn assert_stapled_good(apache: &Apache, pki: &Pki) {
     let ca = pki.path("root.crt");
     for tls in ["-tls1_2", "-tls1_3"] {
-        let r = s_client_status(apache.port(), &ca, Some(tls));
+        let r = handshake(apache.port(), &ca, Some(tls));
         assert!(r.stapled && r.verify_ok, "{tls}: no verified staple:\n{}\n{}", r.raw, apache.error_log());
         assert_eq!(r.cert_status.as_deref(), Some("good"), "{tls}");
     }
@@ -117,7 +117,7 @@ fn certificate_without_ocsp_url_is_skipped_with_one_info_line() {
     let mut opts = ApacheOptions::new(pki.path("noaia-chain.crt"), pki.path("noaia.key"));
     opts.vhost_conf = "Stapling on\n".into();
     let apache = Apache::start(opts).expect("apache");
-    let r = s_client_status(apache.port(), &pki.path("root.crt"), None);
+    let r = handshake(apache.port(), &pki.path("root.crt"), None);
     assert!(!r.stapled && r.verify_ok, "{}", r.raw);
     assert_eq!(apache.log_count("has no OCSP responder URL"), 1, "{}", apache.error_log());
     let (ok, out) = curl_get(apache.port(), &pki.path("root.crt"));
@@ -162,7 +162,7 @@ fn bad_responder_answers_are_never_stapled_and_apache_keeps_serving() {
         let mut opts = ApacheOptions::for_pki(&pki);
         opts.vhost_conf = "Stapling on\nStaplingResponderTimeout 3\n".into();
         let apache = Apache::start(opts).unwrap_or_else(|e| panic!("{mode}: {e}"));
-        let r = s_client_status(apache.port(), &ca, None);
+        let r = handshake(apache.port(), &ca, None);
         assert!(!r.stapled && r.response_der_hex.is_none(), "{mode}: stapled:\n{}", r.raw);
         let (ok, out) = curl_get(apache.port(), &ca);
         assert!(ok, "{mode}: Apache stopped serving: {out}");

@@ -41,7 +41,7 @@ fn stored_files(apache: &Apache) -> Vec<PathBuf> {
 }
 
 fn staple(apache: &Apache, s: &Setup) -> StapleResult {
-    s_client_status(apache.port(), &s.pki.path("root.crt"), None)
+    handshake(apache.port(), &s.pki.path("root.crt"), None)
 }
 
 #[test]

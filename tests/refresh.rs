@@ -31,7 +31,7 @@ fn opts(s: &Setup, mpm: Mpm, children: u32, extra_vhost: &str) -> ApacheOptions 
 }
 
 fn staple(apache: &Apache, s: &Setup) -> StapleResult {
-    s_client_status(apache.port(), &s.pki.path("root.crt"), None)
+    handshake(apache.port(), &s.pki.path("root.crt"), None)
 }
 
 fn many_handshakes_all_stapled_with_one_fetch(mpm: Mpm) {
@@ -94,13 +94,27 @@ fn graceful_restart_keeps_the_staple_without_a_new_request() {
     assert_eq!(s.responder.requests(), 1, "{}", apache.error_log());
 }
 
+/// Unix time of the response's nextUpdate, as `openssl ocsp` prints it.
+fn next_update(der: &[u8]) -> i64 {
+    let text = ocsp_resp_text(der);
+    let line = text.lines().find_map(|l| l.trim().strip_prefix("Next Update: ")).expect("Next Update").to_string();
+    let out = std::process::Command::new("date").args(["-u", "-d", &line, "+%s"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("date")
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
 /// A good response that expires 20 s after the fetch; the renew schedule then asks
 /// again after 5 s. `mode` is served from then on.
 fn last_good_stays_until_expiry_then_nothing(mode: &str) {
+    const SKEW: i64 = 2;
     let s = setup("mode=good&validity=80");
-    let apache = Apache::start(opts(&s, Mpm::Prefork, 2, "StaplingResponseTimeSkew 2\n")).expect("apache");
-    let fetched = Instant::now();
+    let apache =
+        Apache::start(opts(&s, Mpm::Prefork, 2, &format!("StaplingResponseTimeSkew {SKEW}\n"))).expect("apache");
     let good = staple(&apache, &s).der().expect("initial staple");
+    let expires = next_update(&good) + SKEW;
     s.responder.set(&format!("mode={mode}"));
     assert!(s.responder.wait_requests(2, Duration::from_secs(15)), "no refresh attempt:\n{}", apache.error_log());
     std::thread::sleep(Duration::from_millis(500));
@@ -108,10 +122,25 @@ fn last_good_stays_until_expiry_then_nothing(mode: &str) {
         assert_eq!(staple(&apache, &s).der().as_ref(), Some(&good), "{mode}: staple changed:\n{}", apache.error_log());
     }
     assert!(apache.error_log().contains("the last good response stays stapled"), "{}", apache.error_log());
-    // nextUpdate is 20 s after the fetch, plus 2 s of skew.
-    let gone = wait_until(Duration::from_secs(40), || !staple(&apache, &s).stapled);
+    // Stapled byte for byte until nextUpdate plus skew, then nothing.
+    let mut dropped_at = None;
+    let gone = wait_until(Duration::from_secs(40), || {
+        let r = staple(&apache, &s);
+        let now = unix_now();
+        match r.der() {
+            Some(der) => {
+                assert_eq!(der, good, "{mode}: staple changed before expiry");
+                false
+            }
+            None => {
+                dropped_at = Some(now);
+                true
+            }
+        }
+    });
     assert!(gone, "{mode}: still stapled long after nextUpdate");
-    assert!(fetched.elapsed() >= Duration::from_secs(20), "{mode}: dropped before nextUpdate+skew");
+    let dropped_at = dropped_at.unwrap();
+    assert!(dropped_at >= expires - 1, "{mode}: dropped at {dropped_at}, before nextUpdate+skew {expires}");
     let r = staple(&apache, &s);
     assert!(r.response_der_hex.is_none(), "{mode}: something stapled after expiry:\n{}", r.raw);
     let (ok, out) = curl_get(apache.port(), &s.pki.path("root.crt"));
