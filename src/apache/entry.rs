@@ -15,8 +15,8 @@ use log::{error, info, warn};
 use super::{ffi, log as aplog, pool, process, shm};
 use crate::cert::{CertInfo, CertKey};
 use crate::config::{Context, Outcome, ServerConfig};
-use crate::engine::{HttpTransport, PrimeDecision, Registry, Runtime};
-use crate::store::{region_words, DiskStore, SharedStore, DEFAULT_SLOT_DER_BYTES};
+use crate::engine::{HttpTransport, ManagedCert, PrimeDecision, Registry, Runtime};
+use crate::store::{region_words, slots_in, DiskStore, SharedStore, DEFAULT_SLOT_DER_BYTES};
 
 /// The module record Apache finds with `LoadModule stapling_module`. Rust owns it so that
 /// the cdylib exports the symbol; the directive table and hook registration are the
@@ -314,27 +314,7 @@ fn start_generation(s: *mut ffi::server_rec, registry: Registry) {
         RUNTIME.store(ptr::null_mut(), Ordering::Release);
         return;
     }
-    let slots = match main_cfg.cache_spec().and_then(|c| c.size) {
-        Some(bytes) => {
-            let fit = (bytes / 8).saturating_sub(region_words(0, DEFAULT_SLOT_DER_BYTES))
-                / region_words(1, DEFAULT_SLOT_DER_BYTES)
-                    .saturating_sub(region_words(0, DEFAULT_SLOT_DER_BYTES))
-                    .max(1);
-            if fit < certs.len() {
-                let dropped: Vec<String> = certs.drain(fit..).map(|c| c.info.label).collect();
-                error!(
-                    "StaplingCache is too small: {fit} responses fit, {} certificates are configured. Not \
-                     stapled: {}. Raise the size in StaplingCache/SSLStaplingCache to at least {} bytes",
-                    fit + dropped.len(),
-                    dropped.join(", "),
-                    region_words(fit + dropped.len(), DEFAULT_SLOT_DER_BYTES) * 8
-                );
-            }
-            fit.max(1)
-        }
-        // Room for certificates added at a graceful restart without a new mapping.
-        None => (certs.len() * 2).max(16),
-    };
+    let slots = plan_slots(&mut certs, main_cfg.cache_spec().and_then(|c| c.size));
     // SAFETY: `s` is the live main server; process is set for its whole life.
     let process_pool = unsafe { (*(*s).process).pool };
     let words = match shm::region(process_pool, region_words(slots, DEFAULT_SLOT_DER_BYTES)) {
@@ -371,6 +351,24 @@ fn start_generation(s: *mut ffi::server_rec, registry: Registry) {
         // SAFETY: `old` came from Box::into_raw above, in an earlier generation.
         drop(unsafe { Box::from_raw(old) });
     }
+}
+
+/// Slots for the shared store: what `StaplingCache` allows (dropping, loudly, the
+/// certificates that do not fit), or room to grow at a graceful restart.
+fn plan_slots(certs: &mut Vec<ManagedCert>, cache_bytes: Option<usize>) -> usize {
+    let Some(bytes) = cache_bytes else { return (certs.len() * 2).max(16) };
+    let fit = slots_in(bytes, DEFAULT_SLOT_DER_BYTES);
+    if fit < certs.len() {
+        let configured = certs.len();
+        let dropped: Vec<String> = certs.drain(fit..).map(|c| c.info.label).collect();
+        error!(
+            "StaplingCache is too small: {fit} responses fit, {configured} certificates are configured. Not \
+             stapled: {}. Raise the size in StaplingCache/SSLStaplingCache to at least {} bytes",
+            dropped.join(", "),
+            region_words(configured, DEFAULT_SLOT_DER_BYTES) * 8
+        );
+    }
+    fit.max(1)
 }
 
 fn server_user() -> (u32, u32) {

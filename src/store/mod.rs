@@ -4,4 +4,6 @@ pub mod disk;
 pub mod shared;
 
 pub use disk::DiskStore;
-pub use shared::{region_words, Publish, SharedStore, SlotState, SlotStatus, StoreError, DEFAULT_SLOT_DER_BYTES};
+pub use shared::{
+    region_words, slots_in, Publish, SharedStore, SlotState, SlotStatus, StoreError, DEFAULT_SLOT_DER_BYTES,
+};

@@ -113,6 +113,11 @@ pub fn region_words(slots: usize, der_bytes: usize) -> usize {
     HEADER_WORDS + slots * slot_words_for(der_bytes)
 }
 
+/// How many slots of `der_bytes` payload fit in a region of `bytes` bytes.
+pub fn slots_in(bytes: usize, der_bytes: usize) -> usize {
+    (bytes / 8).saturating_sub(HEADER_WORDS) / slot_words_for(der_bytes)
+}
+
 fn slot_words_for(der_bytes: usize) -> usize {
     META_WORDS + der_bytes.div_ceil(8)
 }
@@ -405,6 +410,14 @@ mod tests {
         assert_eq!(s.read(slots[0], &keys[1], 50, &mut out), None, "key must match");
         assert_eq!(s.read(slots[1], &keys[1], 50, &mut out), None, "empty slot");
         assert_eq!(s.read(slots[0], &keys[0], 100, &mut out), None, "stale is never served");
+    }
+
+    #[test]
+    fn sizes_agree() {
+        for n in [0, 1, 7, 100] {
+            assert_eq!(slots_in(region_words(n, 1024) * 8, 1024), n);
+        }
+        assert_eq!(slots_in(8192, DEFAULT_SLOT_DER_BYTES), 0);
     }
 
     #[test]
