@@ -178,11 +178,28 @@ impl Runtime {
     /// stored response was published.
     pub fn restore_from_disk(&self, i: usize) -> bool {
         let (cert, slot) = (&self.certs[i], self.slots[i]);
-        let now = unix_now();
-        if self.store.state(slot).staple_until > now {
+        if self.disk.is_none() || self.store.state(slot).staple_until > unix_now() {
             return false;
         }
+        // A refresher of the previous generation may be publishing into this slot.
+        let now_ms = unix_now_ms();
+        if !self.store.try_lease(slot, now_ms, now_ms + 10_000) {
+            return false;
+        }
+        let restored = self.store.holds(slot, &cert.info.key) && self.load_stored(i);
+        if !restored {
+            let state = self.store.state(slot);
+            self.store.release(slot, state.next_fetch, state.failures, None);
+        }
+        restored
+    }
+
+    /// Validates the stored file of certificate `i` and publishes it (releasing the
+    /// lease); deletes it if it is not usable.
+    fn load_stored(&self, i: usize) -> bool {
+        let cert = &self.certs[i];
         let Some(disk) = &self.disk else { return false };
+        let now = unix_now();
         let path = disk.path(&cert.info.key);
         let bytes = match disk.load(&cert.info.key) {
             Ok(Some(b)) => b,
