@@ -136,7 +136,11 @@ impl<'a> SharedStore<'a> {
             && words[2].load(Ordering::Relaxed) == slot_words as u64
             && words[3].load(Ordering::Relaxed) == slots as u64;
         if !same_layout {
-            words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+            // A fresh mapping is already zero; clearing it anyway would make every
+            // page resident in every process.
+            if words[0].load(Ordering::Acquire) != 0 {
+                words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+            }
             words[1].store(LAYOUT_VERSION, Ordering::Relaxed);
             words[2].store(slot_words as u64, Ordering::Relaxed);
             words[3].store(slots as u64, Ordering::Relaxed);
