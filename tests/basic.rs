@@ -194,3 +194,33 @@ fn a_store_too_small_for_the_certificates_is_an_error_at_startup() {
     let (ok, out) = curl_get(apache.port(), &pki.path("root.crt"));
     assert!(ok, "Apache keeps serving: {out}");
 }
+
+#[test]
+fn force_url_overrides_the_certificates_responder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dead = free_port(); // nothing listens here: the AIA URL must not be used
+    let rport = free_port();
+    let pki = Pki::create(tmp.path(), &ocsp_url(dead));
+    let responder = Responder::fixture(&pki, rport);
+    for directive in ["StaplingForceURL", "SSLStaplingForceURL"] {
+        responder.reset_stats();
+        let mut opts = ApacheOptions::for_pki(&pki);
+        opts.vhost_conf = format!("Stapling on\n{directive} {}\n", ocsp_url(rport));
+        let apache = Apache::start(opts).expect("apache");
+        assert_stapled_good(&apache, &pki);
+        assert_eq!(responder.requests(), 1, "{directive}");
+    }
+}
+
+#[test]
+fn nonce_is_sent_and_checked_when_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rport = free_port();
+    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
+    // openssl ocsp echoes the request's nonce.
+    let _responder = Responder::openssl(&pki, rport);
+    let mut opts = stapling_opts(&pki, Mpm::Event, 2);
+    opts.vhost_conf.push_str("StaplingUseNonce on\n");
+    let apache = Apache::start(opts).expect("apache");
+    assert_stapled_good(&apache, &pki);
+}
