@@ -410,3 +410,169 @@ impl Runtime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerConfig;
+    use crate::store::{region_words, DEFAULT_SLOT_DER_BYTES};
+    use crate::testpki::{self, Index, Opts};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// Answers with the queued results, in order, and counts the calls.
+    struct Scripted {
+        answers: Mutex<Vec<Result<Vec<u8>, FetchError>>>,
+        calls: AtomicUsize,
+    }
+
+    impl Scripted {
+        fn new(answers: Vec<Result<Vec<u8>, FetchError>>) -> Scripted {
+            Scripted { answers: Mutex::new(answers), calls: AtomicUsize::new(0) }
+        }
+    }
+
+    impl Transport for Scripted {
+        fn fetch(&self, _url: &str, _request: &[u8], _timeout: Duration) -> Result<Vec<u8>, FetchError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.answers.lock().unwrap().remove(0)
+        }
+    }
+
+    fn enabled() -> Effective {
+        let mut cfg = ServerConfig::default();
+        cfg.apply("Stapling", "on", crate::config::Context::Global).unwrap();
+        cfg.effective(true)
+    }
+
+    fn managed(name: &str) -> ManagedCert {
+        ManagedCert {
+            info: testpki::cert_info(name),
+            settings: enabled(),
+            url: "http://127.0.0.1:9/".into(),
+            vhosts: vec![],
+        }
+    }
+
+    fn runtime(disk: Option<DiskStore>) -> Runtime {
+        let words: &'static [AtomicU64] =
+            Box::leak((0..region_words(4, DEFAULT_SLOT_DER_BYTES)).map(|_| AtomicU64::new(0)).collect());
+        let store = SharedStore::attach(words, DEFAULT_SLOT_DER_BYTES).unwrap();
+        Runtime::new(store, vec![managed("leaf")], disk).unwrap()
+    }
+
+    fn good() -> Vec<u8> {
+        testpki::response_for(&testpki::cert_info("leaf"), Opts::default())
+    }
+
+    fn make_due(rt: &Runtime) {
+        let st = rt.store.state(rt.slots[0]);
+        rt.store.release(rt.slots[0], 1, st.failures, None);
+    }
+
+    #[test]
+    fn registry_dedupes_and_explains_missing_urls() {
+        let mut reg = Registry::default();
+        let leaf = testpki::cert_info("leaf");
+        assert_eq!(reg.prime(leaf.clone(), enabled(), "a:443", 1), PrimeDecision::Take);
+        assert_eq!(reg.prime(leaf.clone(), enabled(), "b:443", 2), PrimeDecision::Take);
+        assert_eq!(reg.certs.len(), 1);
+        assert_eq!(reg.certs[0].vhosts, vec!["a:443", "b:443"]);
+        assert_eq!(reg.prime(leaf, ServerConfig::default().effective(true), "c:443", 3), PrimeDecision::Off);
+        let noaia = testpki::cert_info("noaia");
+        assert_eq!(reg.prime(noaia.clone(), enabled(), "d:443", 4), PrimeDecision::NoUrl);
+        assert_eq!(reg.prime(noaia.clone(), enabled(), "e:443", 5), PrimeDecision::NoUrl);
+        assert_eq!(reg.no_url.len(), 1, "one line per certificate");
+        let mut forced = enabled();
+        forced.force_url = Some("http://forced.example/".into());
+        assert_eq!(reg.prime(noaia, forced, "f:443", 6), PrimeDecision::Take);
+        assert_eq!(reg.certs[1].url, "http://forced.example/");
+        assert_eq!(reg.primed_servers, vec![1, 2, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_good_fetch_is_published_once_then_not_due() {
+        let rt = runtime(None);
+        let der = good();
+        let transport = Scripted::new(vec![Ok(der.clone())]);
+        assert_eq!(rt.refresh_if_due(0, &transport), Attempt::Published(SlotStatus::Good));
+        assert_eq!(rt.refresh_if_due(0, &transport), Attempt::Skipped);
+        assert_eq!(transport.calls.load(Ordering::SeqCst), 1);
+        let mut out = Vec::new();
+        assert_eq!(rt.staple(&rt.certs[0].info.key, &mut out), Some(true));
+        assert_eq!(out, der);
+        assert_eq!(rt.staple(&[0; 20], &mut out), None, "not ours");
+    }
+
+    fn good_bytes_of(rt: &Runtime) -> Vec<u8> {
+        let mut out = Vec::new();
+        rt.store.read(rt.slots[0], &rt.certs[0].info.key, unix_now(), &mut out);
+        out
+    }
+
+    #[test]
+    fn a_failure_keeps_the_good_response_and_backs_off() {
+        let rt = runtime(None);
+        let first = good();
+        let bad_sig =
+            testpki::response_for(&testpki::cert_info("leaf"), Opts { signer: "other-ca", ..Opts::default() });
+        let transport = Scripted::new(vec![Ok(first.clone()), Ok(bad_sig), Err(FetchError("HTTP 500".into()))]);
+        rt.refresh_if_due(0, &transport);
+        for _ in 0..2 {
+            make_due(&rt);
+            assert!(matches!(rt.refresh_if_due(0, &transport), Attempt::Failed(_)));
+            let mut out = Vec::new();
+            assert_eq!(rt.staple(&rt.certs[0].info.key, &mut out), Some(true));
+            assert_eq!(out, first, "the last good response stays");
+        }
+        let st = rt.store.state(rt.slots[0]);
+        assert_eq!(st.failures, 2);
+        let wait = st.next_fetch - unix_now();
+        assert!((59..=66).contains(&wait), "second failure waits about 60 s, got {wait}");
+    }
+
+    #[test]
+    fn revoked_replaces_good() {
+        let rt = runtime(None);
+        let revoked = testpki::response_for(
+            &testpki::cert_info("leaf"),
+            Opts { index: Index::Revoked("leaf"), ..Opts::default() },
+        );
+        let transport = Scripted::new(vec![Ok(good()), Ok(revoked.clone())]);
+        rt.refresh_if_due(0, &transport);
+        make_due(&rt);
+        assert_eq!(rt.refresh_if_due(0, &transport), Attempt::Published(SlotStatus::Revoked));
+        assert_eq!(good_bytes_of(&rt), revoked);
+    }
+
+    #[test]
+    fn a_held_lease_means_no_fetch() {
+        let rt = runtime(None);
+        let now_ms = unix_now_ms();
+        assert!(rt.store.try_lease(rt.slots[0], now_ms, now_ms + 60_000));
+        let transport = Scripted::new(vec![]);
+        assert_eq!(rt.refresh_if_due(0, &transport), Attempt::Skipped);
+        assert_eq!(transport.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn responses_survive_in_the_disk_store_and_bad_files_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskStore::new(dir.path());
+        let rt = runtime(Some(disk.clone()));
+        rt.refresh_if_due(0, &Scripted::new(vec![Ok(good())]));
+        let stored = disk.load(&rt.certs[0].info.key).unwrap().expect("saved");
+        // A new process with an empty shared store staples the stored response.
+        let fresh = runtime(Some(disk.clone()));
+        assert!(fresh.restore_from_disk(0));
+        assert_eq!(good_bytes_of(&fresh), stored);
+        assert_eq!(fresh.refresh_if_due(0, &Scripted::new(vec![])), Attempt::Skipped, "inside its renew window");
+        // A torn file is never stapled, and is deleted.
+        std::fs::write(disk.path(&rt.certs[0].info.key), &stored[..stored.len() / 2]).unwrap();
+        let torn = runtime(Some(disk.clone()));
+        assert!(!torn.restore_from_disk(0));
+        assert_eq!(disk.load(&rt.certs[0].info.key).unwrap(), None);
+        let mut out = Vec::new();
+        assert_eq!(torn.staple(&torn.certs[0].info.key, &mut out), Some(false));
+    }
+}
