@@ -1,9 +1,10 @@
 //! mod_stapling: OCSP stapling for Apache httpd 2.4.
 //!
-//! Layers: `apache` holds every `unsafe` block, FFI type and pointer; `config`, `cert`,
-//! `ocsp`, `store`, `refresh` and `engine` are safe Rust, tested without Apache.
+//! Layers: `apache` holds all FFI code, types and pointers (the compiler refuses
+//! `unsafe_code` anywhere else); `config`, `cert`, `ocsp`, `store`, `refresh` and `engine`
+//! are safe Rust, tested without Apache.
 
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 
 // Unit tests run without Apache, whose symbols exist only inside httpd.
 #[cfg(not(test))]

@@ -10,22 +10,7 @@ use std::time::Duration;
 
 use common::*;
 
-struct Setup {
-    _tmp: tempfile::TempDir,
-    pki: Pki,
-    responder: Responder,
-}
-
-fn setup(initial: &str) -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
-    let responder = Responder::fixture(&pki, rport);
-    responder.set(initial);
-    Setup { _tmp: tmp, pki, responder }
-}
-
-fn opts(s: &Setup, vhost_extra: &str) -> ApacheOptions {
+fn opts(s: &Fixture, vhost_extra: &str) -> ApacheOptions {
     let mut o = ApacheOptions::for_pki(&s.pki);
     o.vhost_conf = format!("Stapling on\nStaplingResponderTimeout 3\n{vhost_extra}");
     o
@@ -40,13 +25,9 @@ fn stored_files(apache: &Apache) -> Vec<PathBuf> {
     entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "der")).collect()
 }
 
-fn staple(apache: &Apache, s: &Setup) -> StapleResult {
-    handshake(apache.port(), &s.pki.path("root.crt"), None)
-}
-
 #[test]
 fn store_is_private_to_the_server_user() {
-    let s = setup("mode=good");
+    let s = Fixture::new("mode=good");
     let apache = Apache::start(opts(&s, "")).expect("apache");
     let files = stored_files(&apache);
     assert_eq!(files.len(), 1, "{}", apache.error_log());
@@ -64,13 +45,13 @@ fn store_is_private_to_the_server_user() {
 
 #[test]
 fn full_restart_with_responder_down_staples_from_the_store() {
-    let s = setup("mode=good");
+    let s = Fixture::new("mode=good");
     let mut apache = Apache::start(opts(&s, "")).expect("apache");
-    let before = staple(&apache, &s).der().expect("staple");
+    let before = s.staple(&apache).der().expect("staple");
     apache.stop();
     s.responder.set("mode=http500");
     apache.start_again();
-    let r = staple(&apache, &s);
+    let r = s.staple(&apache);
     assert_eq!(r.der().as_ref(), Some(&before), "first handshake after restart:\n{}", apache.error_log());
     let (ok, out) = curl_cert_status(apache.port(), &s.pki.path("root.crt"));
     assert!(ok, "{out}");
@@ -80,26 +61,26 @@ fn full_restart_with_responder_down_staples_from_the_store() {
 
 #[test]
 fn graceful_restart_with_responder_down_keeps_stapling() {
-    let s = setup("mode=good");
+    let s = Fixture::new("mode=good");
     let apache = Apache::start(opts(&s, "")).expect("apache");
-    let before = staple(&apache, &s).der().expect("staple");
+    let before = s.staple(&apache).der().expect("staple");
     s.responder.set("mode=close");
     apache.graceful();
-    assert_eq!(staple(&apache, &s).der(), Some(before));
+    assert_eq!(s.staple(&apache).der(), Some(before));
     assert_eq!(s.responder.requests(), 1);
 }
 
 #[test]
 fn stored_response_that_expired_meanwhile_is_not_stapled() {
     // nextUpdate 5 s after the fetch, no skew allowed.
-    let s = setup("mode=good&validity=65");
+    let s = Fixture::new("mode=good&validity=65");
     let mut apache = Apache::start(opts(&s, "StaplingResponseTimeSkew 0\n")).expect("apache");
-    assert!(staple(&apache, &s).stapled);
+    assert!(s.staple(&apache).stapled);
     apache.stop();
     std::thread::sleep(Duration::from_secs(7));
     s.responder.set("mode=http500");
     apache.start_again();
-    let r = staple(&apache, &s);
+    let r = s.staple(&apache);
     assert!(!r.stapled && r.response_der_hex.is_none(), "{}", r.raw);
     assert!(apache.error_log().contains("is not usable"), "{}", apache.error_log());
     assert!(stored_files(&apache).is_empty(), "expired file deleted");
@@ -107,11 +88,11 @@ fn stored_response_that_expired_meanwhile_is_not_stapled() {
 
 #[test]
 fn must_staple_certificate_is_stapled_from_the_first_handshake() {
-    let s = setup("mode=good");
+    let s = Fixture::new("mode=good");
     let mut o = ApacheOptions::new(s.pki.path("muststaple-chain.crt"), s.pki.path("muststaple.key"));
     o.vhost_conf = "Stapling on\n".into();
     let apache = Apache::start(o).expect("apache");
-    let r = staple(&apache, &s);
+    let r = s.staple(&apache);
     assert!(r.stapled && r.cert_status.as_deref() == Some("good"), "{}", r.raw);
     let (ok, out) = curl_cert_status(apache.port(), &s.pki.path("root.crt"));
     assert!(ok, "{out}");
@@ -119,7 +100,7 @@ fn must_staple_certificate_is_stapled_from_the_first_handshake() {
 
 #[test]
 fn must_staple_without_a_response_is_an_error_at_startup() {
-    let s = setup("mode=http500");
+    let s = Fixture::new("mode=http500");
     let mut o = ApacheOptions::new(s.pki.path("muststaple-chain.crt"), s.pki.path("muststaple.key"));
     o.vhost_conf = "Stapling on\n".into();
     let apache = Apache::start(o).expect("apache");
@@ -132,9 +113,9 @@ fn must_staple_without_a_response_is_an_error_at_startup() {
 
 #[test]
 fn rotated_certificate_gets_its_own_staple_on_the_first_handshake_after_reload() {
-    let s = setup("mode=good");
+    let s = Fixture::new("mode=good");
     let mut apache = Apache::start(opts(&s, "")).expect("apache");
-    assert!(staple(&apache, &s).stapled);
+    assert!(s.staple(&apache).stapled);
     apache.reconfigure(|o| {
         o.cert = s.pki.path("leaf2-chain.crt");
         o.key = s.pki.path("leaf2.key");
@@ -148,7 +129,7 @@ fn rotated_certificate_gets_its_own_staple_on_the_first_handshake_after_reload()
 
 #[test]
 fn hostile_store_files_never_crash_apache_and_are_never_stapled() {
-    let s = setup("mode=good");
+    let s = Fixture::new("mode=good");
     let mut apache = Apache::start(opts(&s, "")).expect("apache");
     let file = stored_files(&apache).pop().expect("stored file");
     let good = fs::read(&file).unwrap();
@@ -172,7 +153,7 @@ fn hostile_store_files_never_crash_apache_and_are_never_stapled() {
     for (what, bytes) in cases {
         fs::write(&file, &bytes).unwrap();
         apache.start_again();
-        let r = staple(&apache, &s);
+        let r = s.staple(&apache);
         assert!(r.response_der_hex.is_none(), "{what}: stapled:\n{}", r.raw);
         let (ok, out) = curl_get(apache.port(), &s.pki.path("root.crt"));
         assert!(ok, "{what}: {out}");
@@ -188,9 +169,9 @@ fn hostile_store_files_never_crash_apache_and_are_never_stapled() {
 
 #[test]
 fn unwritable_store_runs_memory_only_with_a_warning() {
-    let s = setup("mode=good");
+    let s = Fixture::new("mode=good");
     let apache = Apache::start(opts(&s, "").with_global("StaplingStore /proc/mod_stapling-test\n")).expect("apache");
-    assert!(staple(&apache, &s).stapled, "{}", apache.error_log());
+    assert!(s.staple(&apache).stapled, "{}", apache.error_log());
     let log = apache.error_log();
     assert!(log.contains("StaplingStore /proc/mod_stapling-test") && log.contains("memory only"), "{log}");
 }

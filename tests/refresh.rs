@@ -7,22 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-struct Setup {
-    _tmp: tempfile::TempDir,
-    pki: Pki,
-    responder: Responder,
-}
-
-fn setup(initial: &str) -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
-    let responder = Responder::fixture(&pki, rport);
-    responder.set(initial);
-    Setup { _tmp: tmp, pki, responder }
-}
-
-fn opts(s: &Setup, mpm: Mpm, children: u32, extra_vhost: &str) -> ApacheOptions {
+fn opts(s: &Fixture, mpm: Mpm, children: u32, extra_vhost: &str) -> ApacheOptions {
     let mut o = ApacheOptions::for_pki(&s.pki);
     o.mpm = mpm;
     o.children = children;
@@ -30,16 +15,12 @@ fn opts(s: &Setup, mpm: Mpm, children: u32, extra_vhost: &str) -> ApacheOptions 
     o
 }
 
-fn staple(apache: &Apache, s: &Setup) -> StapleResult {
-    handshake(apache.port(), &s.pki.path("root.crt"), None)
-}
-
 fn many_handshakes_all_stapled_with_one_fetch(mpm: Mpm) {
-    let s = setup("mode=good");
+    let s = Fixture::new("mode=good");
     let apache = Apache::start(opts(&s, mpm, 6, "")).expect("apache");
     let ca = s.pki.path("root.crt");
     for i in 0..120 {
-        let r = staple(&apache, &s);
+        let r = s.staple(&apache);
         assert!(r.stapled && r.cert_status.as_deref() == Some("good"), "handshake {i}: {}", r.raw);
     }
     for i in 0..60 {
@@ -61,22 +42,22 @@ fn event_six_children_one_fetch() {
 
 #[test]
 fn recycled_children_keep_stapling_without_fetching() {
-    let s = setup("mode=good");
+    let s = Fixture::new("mode=good");
     let mut o = opts(&s, Mpm::Prefork, 3, "");
     o.global_conf = "MaxConnectionsPerChild 4\n".into();
     let apache = Apache::start(o).expect("apache");
     for i in 0..40 {
-        assert!(staple(&apache, &s).stapled, "handshake {i}");
+        assert!(s.staple(&apache).stapled, "handshake {i}");
     }
     assert_eq!(s.responder.requests(), 1);
 }
 
 #[test]
 fn slow_responder_does_not_delay_or_miss_the_first_handshake() {
-    let s = setup("mode=good&delay=2");
+    let s = Fixture::new("mode=good&delay=2");
     let apache = Apache::start(opts(&s, Mpm::Event, 6, "")).expect("apache");
     let started = Instant::now();
-    let r = staple(&apache, &s);
+    let r = s.staple(&apache);
     let took = started.elapsed();
     assert!(r.stapled && r.cert_status.as_deref() == Some("good"), "{}", r.raw);
     assert!(took < Duration::from_millis(1000), "first handshake took {took:?}");
@@ -85,11 +66,11 @@ fn slow_responder_does_not_delay_or_miss_the_first_handshake() {
 
 #[test]
 fn graceful_restart_keeps_the_staple_without_a_new_request() {
-    let s = setup("mode=good");
+    let s = Fixture::new("mode=good");
     let apache = Apache::start(opts(&s, Mpm::Prefork, 3, "")).expect("apache");
-    let before = staple(&apache, &s).der().expect("staple before restart");
+    let before = s.staple(&apache).der().expect("staple before restart");
     apache.graceful();
-    let after = staple(&apache, &s).der().expect("staple after restart");
+    let after = s.staple(&apache).der().expect("staple after restart");
     assert_eq!(before, after);
     assert_eq!(s.responder.requests(), 1, "{}", apache.error_log());
 }
@@ -110,22 +91,22 @@ fn unix_now() -> i64 {
 /// again after 5 s. `mode` is served from then on.
 fn last_good_stays_until_expiry_then_nothing(mode: &str) {
     const SKEW: i64 = 2;
-    let s = setup("mode=good&validity=80");
+    let s = Fixture::new("mode=good&validity=80");
     let apache =
         Apache::start(opts(&s, Mpm::Prefork, 2, &format!("StaplingResponseTimeSkew {SKEW}\n"))).expect("apache");
-    let good = staple(&apache, &s).der().expect("initial staple");
+    let good = s.staple(&apache).der().expect("initial staple");
     let expires = next_update(&good) + SKEW;
     s.responder.set(&format!("mode={mode}"));
     assert!(s.responder.wait_requests(2, Duration::from_secs(15)), "no refresh attempt:\n{}", apache.error_log());
     std::thread::sleep(Duration::from_millis(500));
     for _ in 0..3 {
-        assert_eq!(staple(&apache, &s).der().as_ref(), Some(&good), "{mode}: staple changed:\n{}", apache.error_log());
+        assert_eq!(s.staple(&apache).der().as_ref(), Some(&good), "{mode}: staple changed:\n{}", apache.error_log());
     }
     assert!(apache.error_log().contains("the last good response stays stapled"), "{}", apache.error_log());
     // Stapled byte for byte until nextUpdate plus skew, then nothing.
     let mut dropped_at = None;
     let gone = wait_until(Duration::from_secs(40), || {
-        let r = staple(&apache, &s);
+        let r = s.staple(&apache);
         let now = unix_now();
         match r.der() {
             Some(der) => {
@@ -141,7 +122,7 @@ fn last_good_stays_until_expiry_then_nothing(mode: &str) {
     assert!(gone, "{mode}: still stapled long after nextUpdate");
     let dropped_at = dropped_at.unwrap();
     assert!(dropped_at >= expires - 1, "{mode}: dropped at {dropped_at}, before nextUpdate+skew {expires}");
-    let r = staple(&apache, &s);
+    let r = s.staple(&apache);
     assert!(r.response_der_hex.is_none(), "{mode}: something stapled after expiry:\n{}", r.raw);
     let (ok, out) = curl_get(apache.port(), &s.pki.path("root.crt"));
     assert!(ok, "{out}");
@@ -169,23 +150,23 @@ fault_tests! {
 
 #[test]
 fn revoked_replaces_good_within_the_renew_schedule() {
-    let s = setup("mode=good&validity=80");
+    let s = Fixture::new("mode=good&validity=80");
     let apache = Apache::start(opts(&s, Mpm::Event, 2, "")).expect("apache");
-    assert_eq!(staple(&apache, &s).cert_status.as_deref(), Some("good"));
+    assert_eq!(s.staple(&apache).cert_status.as_deref(), Some("good"));
     s.responder.set("mode=revoked");
-    let revoked = wait_until(Duration::from_secs(20), || staple(&apache, &s).cert_status.as_deref() == Some("revoked"));
+    let revoked = wait_until(Duration::from_secs(20), || s.staple(&apache).cert_status.as_deref() == Some("revoked"));
     assert!(revoked, "{}", apache.error_log());
     assert!(apache.error_log().lines().any(|l| l.contains("[stapling:error]") && l.contains("REVOKED")));
 }
 
 #[test]
 fn requests_stay_bounded_while_the_responder_fails() {
-    let s = setup("mode=http500");
+    let s = Fixture::new("mode=http500");
     let apache = Apache::start(opts(&s, Mpm::Prefork, 6, "")).expect("apache");
     std::thread::sleep(Duration::from_secs(40));
     let n = s.responder.requests();
     // The startup attempt, then one retry after 30-33 s; the next is a minute later.
     assert!((2..=3).contains(&n), "{n} requests in 40 s:\n{}", apache.error_log());
-    assert!(!staple(&apache, &s).stapled);
+    assert!(!s.staple(&apache).stapled);
     assert_eq!(apache.log_count("[stapling:warn]"), 1, "one warning per failure streak:\n{}", apache.error_log());
 }

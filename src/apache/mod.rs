@@ -1,6 +1,8 @@
 //! The only place with `unsafe`: Apache's FFI types, the module struct, the hook entry
 //! points (each a panic boundary), the log bridge, shared memory and the startup helper.
 
+#![allow(unsafe_code)]
+
 mod entry;
 mod ffi;
 pub mod log;

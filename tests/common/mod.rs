@@ -1176,6 +1176,30 @@ pub fn handshake(port: u16, cafile: &Path, tls: Option<&str>) -> StapleResult {
     r
 }
 
+/// A throwaway PKI plus the controllable fixture responder, set to `initial`
+/// (e.g. "mode=good&validity=80").
+pub struct Fixture {
+    _tmp: TempDir,
+    pub pki: Pki,
+    pub responder: Responder,
+}
+
+impl Fixture {
+    pub fn new(initial: &str) -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let rport = free_port();
+        let pki = Pki::create(tmp.path(), &ocsp_url(rport));
+        let responder = Responder::fixture(&pki, rport);
+        responder.set(initial);
+        Fixture { _tmp: tmp, pki, responder }
+    }
+
+    /// A completed handshake with `apache`, verified against the test root.
+    pub fn staple(&self, apache: &Apache) -> StapleResult {
+        handshake(apache.port(), &self.pki.path("root.crt"), None)
+    }
+}
+
 /// `openssl s_client -connect 127.0.0.1:PORT -servername localhost -status
 /// -msg -CAfile CAFILE -verify_return_error [TLS]` with stdin from /dev/null
 /// and a 10 s timeout. `tls` is e.g. `Some("-tls1_2")` or `Some("-tls1_3")`.
@@ -1324,52 +1348,32 @@ pub fn ocsp_resp_text(der: &[u8]) -> String {
     out.combined()
 }
 
-/// `curl --cert-status --cacert CAFILE --resolve localhost:PORT:127.0.0.1
-/// https://localhost:PORT/ -sS -o /dev/null -w '%{http_code}'` with a 15 s
-/// timeout. Returns (exit status 0 and HTTP 200, stdout+stderr). curl fails
-/// (exit 91) if no valid staple is sent.
-pub fn curl_cert_status(port: u16, cafile: &Path) -> (bool, String) {
-    let out = run_with_timeout(
+/// `curl [extra] --cacert CAFILE --resolve localhost:PORT:127.0.0.1
+/// https://localhost:PORT/ -sS` with a 15 s timeout.
+fn curl(port: u16, cafile: &Path, extra: &[&str]) -> CmdOutput {
+    run_with_timeout(
         Command::new("curl")
-            .arg("--cert-status")
+            .args(extra)
             .arg("--cacert")
             .arg(cafile)
-            .arg("--noproxy")
-            .arg("*")
-            .arg("--resolve")
+            .args(["--noproxy", "*", "--resolve"])
             .arg(format!("localhost:{}:127.0.0.1", port))
             .arg(format!("https://localhost:{}/", port))
-            .arg("-sS")
-            .arg("-o")
-            .arg("/dev/null")
-            .arg("-w")
-            .arg("%{http_code}")
-            .arg("--max-time")
-            .arg("14"),
+            .args(["-sS", "--max-time", "14"]),
         Duration::from_secs(15),
-    );
+    )
+}
+
+/// `curl --cert-status` of `/`. Returns (exit status 0 and HTTP 200,
+/// stdout+stderr). curl fails (exit 91) if no valid staple is sent.
+pub fn curl_cert_status(port: u16, cafile: &Path) -> (bool, String) {
+    let out = curl(port, cafile, &["--cert-status", "-o", "/dev/null", "-w", "%{http_code}"]);
     (out.success() && out.stdout.trim() == "200", out.combined())
 }
 
-/// Like [`curl_cert_status`] without `--cert-status`: plain HTTPS GET of `/`.
-/// Returns (HTTP 200, body+stderr).
+/// Plain HTTPS GET of `/`. Returns (HTTP 200, body+stderr).
 pub fn curl_get(port: u16, cafile: &Path) -> (bool, String) {
-    let out = run_with_timeout(
-        Command::new("curl")
-            .arg("--cacert")
-            .arg(cafile)
-            .arg("--noproxy")
-            .arg("*")
-            .arg("--resolve")
-            .arg(format!("localhost:{}:127.0.0.1", port))
-            .arg(format!("https://localhost:{}/", port))
-            .arg("-sS")
-            .arg("-w")
-            .arg("\n%{http_code}")
-            .arg("--max-time")
-            .arg("14"),
-        Duration::from_secs(15),
-    );
+    let out = curl(port, cafile, &["-w", "\n%{http_code}"]);
     let ok = out.success() && out.stdout.trim_end().ends_with("\n200");
     (ok, out.combined())
 }
