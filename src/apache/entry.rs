@@ -311,7 +311,7 @@ fn start_generation(s: *mut ffi::server_rec, registry: Registry) {
     let Some(main_cfg) = server_config(s) else { return };
     let mut certs = registry.certs;
     if certs.is_empty() {
-        RUNTIME.store(ptr::null_mut(), Ordering::Release);
+        replace_runtime(None);
         return;
     }
     let slots = plan_slots(&mut certs, main_cfg.cache_spec().and_then(|c| c.size));
@@ -321,20 +321,24 @@ fn start_generation(s: *mut ffi::server_rec, registry: Registry) {
         Ok((words, _reused)) => words,
         Err(e) => {
             error!("{e}; OCSP stapling is off until the next restart");
-            RUNTIME.store(ptr::null_mut(), Ordering::Release);
+            replace_runtime(None);
             return;
         }
     };
     let store = match SharedStore::attach(words, DEFAULT_SLOT_DER_BYTES) {
         Ok(store) => store,
-        Err(e) => return error!("{e}; OCSP stapling is off until the next restart"),
+        Err(e) => {
+            error!("{e}; OCSP stapling is off until the next restart");
+            replace_runtime(None);
+            return;
+        }
     };
     let disk = disk_store(s, main_cfg);
     let runtime = match Runtime::new(store, certs, disk) {
         Ok(r) => Box::new(r),
         Err(e) => {
             error!("{e}: cannot place every certificate; OCSP stapling is off until the next restart");
-            RUNTIME.store(ptr::null_mut(), Ordering::Release);
+            replace_runtime(None);
             return;
         }
     };
@@ -345,10 +349,16 @@ fn start_generation(s: *mut ffi::server_rec, registry: Registry) {
             info!("removed stored response {name}: its certificate is no longer configured");
         }
     }
-    // The parent has no other threads, so the previous runtime has no readers left.
-    let old = RUNTIME.swap(Box::into_raw(runtime), Ordering::AcqRel);
+    replace_runtime(Some(runtime));
+}
+
+/// Installs this generation's runtime. The parent has no other threads, so the previous
+/// runtime has no readers left in this process.
+fn replace_runtime(runtime: Option<Box<Runtime>>) {
+    let new = runtime.map_or(ptr::null_mut(), Box::into_raw);
+    let old = RUNTIME.swap(new, Ordering::AcqRel);
     if !old.is_null() {
-        // SAFETY: `old` came from Box::into_raw above, in an earlier generation.
+        // SAFETY: `old` came from Box::into_raw here, in an earlier generation.
         drop(unsafe { Box::from_raw(old) });
     }
 }

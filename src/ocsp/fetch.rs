@@ -32,6 +32,10 @@ pub fn fetch(url: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>, Fe
             ureq::Error::Status(code, r) => FetchError(format!("HTTP {code} {}", r.status_text())),
             ureq::Error::Transport(t) => FetchError(format!("transport error: {t}")),
         })?;
+    if response.status() != 200 {
+        // Redirects are not followed: a responder URL is configuration, not a hint.
+        return Err(FetchError(format!("HTTP {} {}", response.status(), response.status_text())));
+    }
     let content_type = response.content_type().to_ascii_lowercase();
     if content_type != "application/ocsp-response" {
         return Err(FetchError(format!("wrong Content-Type '{content_type}', expected application/ocsp-response")));
