@@ -12,6 +12,9 @@ use crate::ocsp::{self, CertStatus, FetchError, Policy, Verified};
 use crate::refresh;
 use crate::store::{DiskStore, Publish, SharedStore, SlotStatus};
 
+/// Fetches the startup helper runs at once.
+const STARTUP_PARALLELISM: usize = 32;
+
 /// Seconds since the epoch.
 pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
@@ -377,9 +380,16 @@ impl Runtime {
     /// The startup pass: restore from disk, then fetch what is due, all in parallel.
     /// Runs in the unprivileged helper before the server accepts connections.
     pub fn startup_pass(&self) {
+        // Parallel, but with a bounded number of threads for servers with many certificates.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let workers = self.certs.len().min(STARTUP_PARALLELISM);
         std::thread::scope(|scope| {
-            for i in 0..self.certs.len() {
-                scope.spawn(move || {
+            for _ in 0..workers {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= self.certs.len() {
+                        return;
+                    }
                     self.restore_from_disk(i);
                     self.refresh_if_due(i, &HttpTransport);
                 });

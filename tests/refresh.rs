@@ -170,3 +170,30 @@ fn requests_stay_bounded_while_the_responder_fails() {
     assert!(!s.staple(&apache).stapled);
     assert_eq!(apache.log_count("[stapling:warn]"), 1, "one warning per failure streak:\n{}", apache.error_log());
 }
+
+#[test]
+fn several_certificates_are_fetched_in_parallel_at_startup_once_each() {
+    let s = Fixture::new("mode=good&delay=2");
+    let mut o = opts(&s, Mpm::Event, 4, "");
+    let mut ports = vec![];
+    for name in ["leaf2", "muststaple"] {
+        let port = free_port();
+        ports.push(port);
+        o.global_conf.push_str(&format!(
+            "Listen 127.0.0.1:{port} https\n<VirtualHost 127.0.0.1:{port}>\nServerName localhost\nSSLEngine on\n\
+             SSLCertificateFile {}\nSSLCertificateKeyFile {}\nStapling on\n</VirtualHost>\n",
+            s.pki.path(&format!("{name}-chain.crt")).display(),
+            s.pki.path(&format!("{name}.key")).display()
+        ));
+    }
+    let started = Instant::now();
+    let apache = Apache::start(o).expect("apache");
+    // Three 2 s fetches in parallel (about 2 s), not one after another (6 s or more).
+    assert!(started.elapsed() < Duration::from_secs(5), "startup took {:?}", started.elapsed());
+    for port in std::iter::once(apache.port()).chain(ports) {
+        let r = handshake(port, &s.pki.path("root.crt"), None);
+        assert!(r.stapled && r.cert_status.as_deref() == Some("good"), "port {port}:\n{}", r.raw);
+    }
+    assert_eq!(s.responder.requests(), 3, "{}", apache.error_log());
+    assert!(apache.error_log().contains("OCSP stapling ready: 3 of 3"));
+}
