@@ -38,6 +38,8 @@ const W_LAST_OK: usize = 14;
 /// Largest DER a slot holds by default: a response with a delegated responder
 /// certificate is typically 1.5–3 KiB.
 pub const DEFAULT_SLOT_DER_BYTES: usize = 10 * 1024;
+/// The longest lease anyone takes: the longest responder timeout plus slack.
+pub const MAX_LEASE_MS: u64 = 600_000;
 /// Reader retries before it gives up on a slot that is being written.
 const READ_RETRIES: usize = 64;
 
@@ -203,7 +205,7 @@ impl<'a> SharedStore<'a> {
         }
         // Take each slot's lease while re-keying it, so that a refresher of the old
         // generation can never publish the old key's response into it.
-        let mut free = free.into_iter().filter(|&slot| self.try_lease(slot, now_ms, u64::MAX));
+        let mut free = free.into_iter().filter(|&slot| self.try_lease(slot, now_ms, now_ms + MAX_LEASE_MS));
         for (i, slot) in assigned.iter_mut().enumerate() {
             if *slot != usize::MAX {
                 continue;
@@ -341,7 +343,12 @@ impl<'a> SharedStore<'a> {
     pub fn try_lease(&self, slot: usize, now_ms: u64, until_ms: u64) -> bool {
         let lease = self.word(slot, W_LEASE_UNTIL);
         let cur = lease.load(Ordering::Acquire);
-        cur <= now_ms && lease.compare_exchange(cur, until_ms, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        // A lease further out than any holder may take means the clock went back.
+        let expired = cur <= now_ms || cur > now_ms.saturating_add(MAX_LEASE_MS);
+        expired
+            && lease
+                .compare_exchange(cur, until_ms.min(now_ms + MAX_LEASE_MS), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     /// Releases the lease after recording the outcome of a fetch attempt.
@@ -462,6 +469,11 @@ mod tests {
         s.release(0, 77, 0, Some(5));
         assert!(s.try_lease(0, 2002, 3000));
         assert_eq!(s.state(0).next_fetch, 77);
+        let hour = 3_600_000;
+        assert!(s.try_lease(0, 10 * hour, 10 * hour + 5000));
+        // The clock went back an hour: the lease must not stay held for that hour.
+        assert!(s.try_lease(0, 9 * hour, 9 * hour + 5000));
+        assert!(!s.try_lease(0, 9 * hour + 1, 9 * hour + 5000), "but it is held normally");
     }
 
     #[test]
