@@ -97,7 +97,7 @@ impl Settings {
 pub struct GlobalSettings {
     /// `StaplingCache`, else `SSLStaplingCache` in compatibility mode.
     pub cache: Option<CacheSpec>,
-    /// `SSLStaplingCache`, kept apart so our own directive wins.
+    /// `SSLStaplingCache`, recorded but left to mod_ssl.
     pub compat_cache: Option<CacheSpec>,
     /// `StaplingStore`: `Some(None)` means `none`.
     pub store: Option<Option<String>>,
@@ -182,9 +182,9 @@ impl ServerConfig {
         self.global.compatibility.unwrap_or(true)
     }
 
-    /// The cache spec that sizes the shared store.
+    /// The `StaplingCache` spec that caps the shared store (`SSLStaplingCache` does not).
     pub fn cache_spec(&self) -> Option<&CacheSpec> {
-        self.global.cache.as_ref().or(if self.compatibility() { self.global.compat_cache.as_ref() } else { None })
+        self.global.cache.as_ref()
     }
 
     /// Apply one directive. `name` is matched case-insensitively, as Apache does.
@@ -242,7 +242,12 @@ impl ServerConfig {
                 if ctx == Context::Global {
                     let _ = parse_cache(name, arg).map(|v| self.global.compat_cache = Some(v));
                 }
-                Ok(Outcome::PassToModSsl)
+                // Its size was chosen for mod_ssl's cache format: capping our store by
+                // it could drop certificates from a config that worked before.
+                Ok(Outcome::IgnoredPassToModSsl(format!(
+                    "{name} stays mod_ssl's: mod_stapling keeps responses in its own shared store, \
+                     sized from the number of certificates (StaplingCache can cap it)"
+                )))
             }
             "staplingstandardcachetimeout" | "staplingerrorcachetimeout" => Ok(Outcome::IgnoredPassToModSsl(format!(
                 "{name} has no effect with mod_stapling: responses are kept until they \
@@ -483,7 +488,10 @@ mod tests {
     #[test]
     fn compat_directives_are_read_and_passed_on() {
         let mut base = ServerConfig::default();
-        assert_eq!(apply(&mut base, "SSLStaplingCache", "shmcb:/run/ocsp(128000)"), Ok(Outcome::PassToModSsl));
+        assert!(matches!(
+            apply(&mut base, "SSLStaplingCache", "shmcb:/run/ocsp(32768)"),
+            Ok(Outcome::IgnoredPassToModSsl(_))
+        ));
         assert_eq!(apply(&mut base, "SSLStaplingResponderTimeout", "5"), Ok(Outcome::PassToModSsl));
         assert_eq!(apply(&mut base, "SSLStaplingResponderTimeout", "junk"), Ok(Outcome::PassToModSsl));
         let mut vhost = ServerConfig::default();
@@ -492,7 +500,8 @@ mod tests {
         let e = merged.effective(true);
         assert!(e.enabled);
         assert_eq!(e.responder_timeout, Duration::from_secs(5));
-        assert_eq!(base.cache_spec().unwrap().size, Some(128000));
+        assert_eq!(base.global.compat_cache.as_ref().unwrap().size, Some(32768));
+        assert_eq!(base.cache_spec(), None, "SSLStaplingCache never caps our store");
         assert!(!merged.effective(false).enabled, "compatibility off ignores SSLUseStapling");
         for n in [
             "SSLStaplingStandardCacheTimeout",
