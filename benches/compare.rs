@@ -29,6 +29,8 @@
 //! * `BENCH_COLD_SECONDS` (5): length of the cold-start window
 //! * `BENCH_RESPONDER_DELAY` (1): seconds the responder waits before answering
 //! * `BENCH_SERVERS` (none,mod_ssl,mod_md,mod_stapling): which columns to run
+//! * `BENCH_CERT` (rsa): `rsa` (RSA-2048) or `ec` (ECDSA P-256, a cheaper handshake
+//!   that shows per-handshake stapling costs more clearly)
 //! * `MOD_STAPLING_SO`: the module to test (default target/release/libmod_stapling.so)
 //!
 //! The markdown report is printed and written to `target/bench-compare.md`; the error
@@ -67,6 +69,8 @@ struct Settings {
     cold_seconds: f64,
     delay: f64,
     servers: Vec<Kind>,
+    /// `leaf` (RSA-2048) or `leaf-ec` (ECDSA P-256), from scripts/mkpki.sh.
+    cert: String,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -106,6 +110,11 @@ impl Settings {
             cold_seconds: env_num("BENCH_COLD_SECONDS", 5.0f64).max(0.1),
             delay: env_num("BENCH_RESPONDER_DELAY", 1.0f64).max(0.0),
             servers,
+            cert: match std::env::var("BENCH_CERT").as_deref() {
+                Ok("ec") | Ok("leaf-ec") => "leaf-ec".into(),
+                Ok("") | Ok("rsa") | Ok("leaf") | Err(_) => "leaf".into(),
+                Ok(other) => panic!("BENCH_CERT: expected rsa or ec, got '{other}'"),
+            },
         }
     }
 }
@@ -139,8 +148,8 @@ impl Kind {
     }
 
     /// Options for a cold server with ServerRoot `root` (must not exist yet).
-    fn options(self, pki: &Pki, root: &Path, children: u32) -> ApacheOptions {
-        let mut o = ApacheOptions::for_pki(pki);
+    fn options(self, pki: &Pki, root: &Path, children: u32, cert: &str) -> ApacheOptions {
+        let mut o = ApacheOptions::new(pki.path(&format!("{cert}-chain.crt")), pki.path(&format!("{cert}.key")));
         o.mpm = Mpm::Event;
         o.children = children;
         o.server_root = Some(root.to_path_buf());
@@ -467,7 +476,7 @@ fn cold_start(kind: Kind, pki: &Pki, responder: &Responder, base: &Path, set: &S
     let mut s = Server::new(kind);
     responder.reset_stats();
     let root = base.join(format!("{}-root", kind.label()));
-    let opts = kind.options(pki, &root, set.children);
+    let opts = kind.options(pki, &root, set.children, &set.cert);
     let t0 = Instant::now();
     let apache = match Apache::start(opts) {
         Ok(a) => a,
@@ -744,11 +753,16 @@ fn report(set: &Settings, servers: &[Server], machine: &[(String, String)], took
     let _ = writeln!(o, "# mod_stapling comparison benchmark\n");
     let _ = writeln!(
         o,
-        "Same Apache binary on loopback, event MPM, {} children × 4 threads, one RSA-2048 certificate, \
+        "Same Apache binary on loopback, event MPM, {} children × 4 threads, one {} certificate, \
          one local OCSP responder (fixture, answers after {} s). Client: {} threads of full handshakes \
          (no session cache, no tickets) asking for the status extension. Throughput is the median of {} rounds \
          of {} s per (server, protocol); servers alternate within each round; ratios are medians of per-round ratios.\n",
-        set.children, set.delay, set.clients, set.rounds, set.seconds
+        set.children,
+        if set.cert == "leaf-ec" { "ECDSA P-256" } else { "RSA-2048" },
+        set.delay,
+        set.clients,
+        set.rounds,
+        set.seconds
     );
 
     // main table
@@ -937,8 +951,14 @@ fn report(set: &Settings, servers: &[Server], machine: &[(String, String)], took
     }
     let _ = writeln!(
         o,
-        "- settings: BENCH_SECONDS={} BENCH_ROUNDS={} BENCH_CHILDREN={} BENCH_CLIENTS={} BENCH_COLD_SECONDS={} BENCH_RESPONDER_DELAY={}",
-        set.seconds, set.rounds, set.children, set.clients, set.cold_seconds, set.delay
+        "- settings: BENCH_SECONDS={} BENCH_ROUNDS={} BENCH_CHILDREN={} BENCH_CLIENTS={} BENCH_COLD_SECONDS={} BENCH_RESPONDER_DELAY={} BENCH_CERT={}",
+        set.seconds,
+        set.rounds,
+        set.children,
+        set.clients,
+        set.cold_seconds,
+        set.delay,
+        if set.cert == "leaf-ec" { "ec" } else { "rsa" }
     );
     let _ = writeln!(o, "- total run time: {:.0} s", took.as_secs_f64());
     o

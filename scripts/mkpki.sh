@@ -8,6 +8,7 @@
 #   issuer.{crt,key}            intermediate CA (the OCSP issuer), signed by root
 #   leaf.{crt,key}              server cert (CN/SAN localhost, 127.0.0.1), AIA OCSP
 #   leaf2.{crt,key}             second server cert, same AIA (rotation tests)
+#   leaf-ec.{crt,key}           like leaf, with an ECDSA P-256 key (benchmark)
 #   muststaple.{crt,key}        server cert with TLS Feature status_request
 #   noaia.{crt,key}             server cert without AIA
 #   responder.{crt,key}         delegated OCSP signer (EKU OCSPSigning, noCheck)
@@ -57,6 +58,7 @@ ossl() {
 
 # Remove everything this script produces, so re-runs start clean.
 NAMES="root issuer leaf leaf2 muststaple noaia responder responder-noeku other-ca"
+EC_NAMES="leaf-ec"
 for n in $NAMES; do
     rm -f "$OUTDIR/$n.crt" "$OUTDIR/$n.key" "$OUTDIR/$n-chain.crt"
 done
@@ -69,7 +71,7 @@ END=$(date -u -d '9 days' +%Y%m%d%H%M%SZ)
 
 # One `openssl ca` database per signing CA. The "leaves" database of the
 # issuer becomes OUTDIR/index.txt; responder certs go into a separate one so
-# the index lists exactly the four server certificates.
+# the index lists exactly the five server certificates.
 for db in root other issuer_leaves issuer_resp; do
     mkdir -p "$WORK/$db/new"
     : >"$WORK/$db/index.txt"
@@ -205,6 +207,11 @@ for n in $NAMES; do
         -out "$OUTDIR/$n.key" >"$WORK/genpkey.$n.log" 2>&1 &
     pids+=("$!")
 done
+for n in $EC_NAMES; do
+    "$OPENSSL" genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 \
+        -out "$OUTDIR/$n.key" >"$WORK/genpkey.$n.log" 2>&1 &
+    pids+=("$!")
+done
 for p in "${pids[@]}"; do
     wait "$p" || { cat "$WORK"/genpkey.*.log >>"$LOG"; fail "key generation failed"; }
 done
@@ -231,10 +238,11 @@ mkcert leaf            ca_issuer_leaves ext_leaf            "/O=mod_stapling Tes
 mkcert leaf2           ca_issuer_leaves ext_leaf            "/O=mod_stapling Test/CN=localhost"
 mkcert muststaple      ca_issuer_leaves ext_muststaple      "/O=mod_stapling Test/CN=localhost"
 mkcert noaia           ca_issuer_leaves ext_noaia           "/O=mod_stapling Test/CN=localhost"
+mkcert leaf-ec         ca_issuer_leaves ext_leaf            "/O=mod_stapling Test/CN=localhost"
 mkcert responder       ca_issuer_resp   ext_responder       "/O=mod_stapling Test/CN=mod_stapling Test OCSP Responder"
 mkcert responder-noeku ca_issuer_resp   ext_responder_noeku "/O=mod_stapling Test/CN=mod_stapling Test Responder Without EKU"
 
-for n in leaf leaf2 muststaple noaia; do
+for n in leaf leaf2 muststaple noaia leaf-ec; do
     cat "$OUTDIR/$n.crt" "$OUTDIR/issuer.crt" >"$OUTDIR/$n-chain.crt"
 done
 
@@ -245,5 +253,5 @@ printf 'unique_subject = no\n' >"$OUTDIR/index.txt.attr"
 # Sanity checks: chains verify and the index has the four entries.
 ossl verify -CAfile "$OUTDIR/root.crt" -untrusted "$OUTDIR/issuer.crt" \
     "$OUTDIR/leaf.crt" "$OUTDIR/leaf2.crt" "$OUTDIR/muststaple.crt" \
-    "$OUTDIR/noaia.crt" "$OUTDIR/responder.crt" "$OUTDIR/responder-noeku.crt"
-[ "$(grep -c '^V' "$OUTDIR/index.txt")" -eq 4 ] || fail "index.txt does not list 4 certificates"
+    "$OUTDIR/noaia.crt" "$OUTDIR/leaf-ec.crt" "$OUTDIR/responder.crt" "$OUTDIR/responder-noeku.crt"
+[ "$(grep -c '^V' "$OUTDIR/index.txt")" -eq 5 ] || fail "index.txt does not list 5 certificates"
