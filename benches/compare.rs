@@ -265,13 +265,14 @@ struct Validator {
 }
 
 impl Validator {
-    fn new(pki: &Pki) -> Validator {
+    /// Checks staples for `<cert>.crt` (`leaf` or `leaf-ec`).
+    fn new(pki: &Pki, cert: &str) -> Validator {
         let pem = |n: &str| X509::from_pem(&fs::read(pki.path(n)).unwrap()).unwrap();
         let mut sb = X509StoreBuilder::new().unwrap();
         sb.add_cert(pem("root.crt")).unwrap();
         let mut chain = Stack::new().unwrap();
         chain.push(pem("issuer.crt")).unwrap();
-        Validator { store: sb.build(), chain, leaf: pem("leaf.crt"), issuer: pem("issuer.crt") }
+        Validator { store: sb.build(), chain, leaf: pem(&format!("{cert}.crt")), issuer: pem("issuer.crt") }
     }
 
     fn valid(&self, der: &[u8]) -> bool {
@@ -323,7 +324,7 @@ impl LoadStats {
 
 /// `threads` client threads doing handshakes until `until`. With `validate`, every
 /// staple is checked and every latency recorded.
-fn run_load(port: u16, proto: Proto, threads: usize, until: Instant, validate: Option<&Pki>) -> LoadStats {
+fn run_load(port: u16, proto: Proto, threads: usize, until: Instant, validate: Option<(&Pki, &str)>) -> LoadStats {
     let start = Instant::now();
     let mut total = LoadStats::default();
     std::thread::scope(|sc| {
@@ -331,7 +332,7 @@ fn run_load(port: u16, proto: Proto, threads: usize, until: Instant, validate: O
             .map(|_| {
                 sc.spawn(move || {
                     let conn = connector(proto);
-                    let v = validate.map(Validator::new);
+                    let v = validate.map(|(pki, cert)| Validator::new(pki, cert));
                     let mut st = LoadStats::default();
                     while Instant::now() < until {
                         let t = Instant::now();
@@ -491,7 +492,7 @@ fn cold_start(kind: Kind, pki: &Pki, responder: &Responder, base: &Path, set: &S
     let port = apache.port();
     let until = t_ready + Duration::from_secs_f64(set.cold_seconds);
 
-    let v = Validator::new(pki);
+    let v = Validator::new(pki, &set.cert);
     let conn = connector(Proto::Any);
     let t = Instant::now();
     let first = handshake(&conn, port, true);
@@ -512,7 +513,7 @@ fn cold_start(kind: Kind, pki: &Pki, responder: &Responder, base: &Path, set: &S
             s.cold.first_error = Some(e);
         }
     }
-    let st = run_load(port, Proto::Any, set.clients, until, Some(pki));
+    let st = run_load(port, Proto::Any, set.clients, until, Some((pki, &set.cert)));
     s.cold.total += st.ok;
     s.cold.stapled += st.stapled;
     s.cold.valid += st.valid;

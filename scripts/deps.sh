@@ -19,6 +19,6 @@ fi
 # Debian starts the packaged apache2 on install; our tests and demo use their own
 # ports, so it may keep running, but it is not needed.
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "cargo is not installed: install Rust 1.80 or later (https://rustup.rs), then rerun" >&2
+  echo "cargo is not installed: install Rust 1.82 or later (https://rustup.rs), then rerun" >&2
   exit 1
 fi

@@ -254,7 +254,7 @@ pub unsafe extern "C" fn stapling_rs_post_config(
             return ffi::OK; // the dry run: the real pass follows
         }
         let pass = with_pass(std::mem::take);
-        report_load_order();
+        report_load_order(server_config(s).is_none_or(|c| c.compatibility()));
         pass.notes.iter().chain(pass.registry.no_url.iter().map(|(_, line)| line)).for_each(|n| info!("{n}"));
         report_unprimed_vhosts(s, &pass.registry);
         start_generation(s, pass.registry);
@@ -264,7 +264,7 @@ pub unsafe extern "C" fn stapling_rs_post_config(
 
 /// Modules loaded later are searched first for a directive, so compatibility mode
 /// only sees mod_ssl's directives when we are loaded after mod_ssl.
-fn report_load_order() {
+fn report_load_order(compatibility: bool) {
     // SAFETY: ap_top_module heads the list of loaded modules, which Apache does not
     // change during post_config; names are NUL-terminated.
     let names: Vec<String> = unsafe {
@@ -279,7 +279,7 @@ fn report_load_order() {
     let ours = names.iter().position(|n| n == "mod_stapling.c");
     match (ours, names.iter().position(|n| n == "mod_ssl.c")) {
         (_, None) => error!("mod_ssl is not loaded: mod_stapling has nothing to staple. Enable it (a2enmod ssl)"),
-        (Some(o), Some(ssl)) if ssl < o => warn!(
+        (Some(o), Some(ssl)) if ssl < o && compatibility => warn!(
             "mod_stapling is loaded before mod_ssl, so compatibility mode cannot read SSLUseStapling and \
              SSLStapling*; load mod_stapling after mod_ssl (on Debian: a2enmod stapling does this)"
         ),
