@@ -36,6 +36,11 @@ fn prefork_six_children_one_fetch() {
 }
 
 #[test]
+fn worker_six_children_one_fetch() {
+    many_handshakes_all_stapled_with_one_fetch(Mpm::Worker);
+}
+
+#[test]
 fn event_six_children_one_fetch() {
     many_handshakes_all_stapled_with_one_fetch(Mpm::Event);
 }

@@ -575,6 +575,7 @@ impl Drop for Responder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mpm {
     Prefork,
+    Worker,
     Event,
 }
 
@@ -671,6 +672,7 @@ fn write_config(root: &Path, port: u16, opts: &ApacheOptions) {
     // Modules.
     match opts.mpm {
         Mpm::Prefork => c.push_str(&module_line("mpm_prefork_module", "mod_mpm_prefork.so").unwrap()),
+        Mpm::Worker => c.push_str(&module_line("mpm_worker_module", "mod_mpm_worker.so").unwrap()),
         Mpm::Event => c.push_str(&module_line("mpm_event_module", "mod_mpm_event.so").unwrap()),
     }
     c.push_str(&module_line("authz_core_module", "mod_authz_core.so").expect("mod_authz_core.so missing"));
@@ -707,7 +709,7 @@ fn write_config(root: &Path, port: u16, opts: &ApacheOptions) {
             let _ = writeln!(c, "ServerLimit {n}");
             let _ = writeln!(c, "MaxRequestWorkers {n}");
         }
-        Mpm::Event => {
+        Mpm::Worker | Mpm::Event => {
             let _ = writeln!(c, "StartServers {n}");
             let _ = writeln!(c, "ServerLimit {n}");
             let _ = writeln!(c, "ThreadLimit 4");
