@@ -226,3 +226,22 @@ fn nonce_is_sent_and_checked_when_configured() {
     let apache = Apache::start(opts).expect("apache");
     assert_stapled_good(&apache, &pki);
 }
+
+#[test]
+fn log_lines_follow_the_modules_own_log_level() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rport = free_port();
+    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
+    let _responder = Responder::openssl(&pki, rport);
+    // The harness sets LogLevel stapling:debug.
+    let apache = Apache::start(stapling_opts(&pki, Mpm::Prefork, 1)).expect("apache");
+    assert!(apache.log_count("[stapling:debug]") > 0, "{}", apache.error_log());
+    drop(apache);
+    let mut opts = stapling_opts(&pki, Mpm::Prefork, 1);
+    opts.global_conf = "LogLevel info stapling:warn\n".into();
+    let apache = Apache::start(opts).expect("apache");
+    assert_stapled_good(&apache, &pki);
+    let log = apache.error_log();
+    assert!(log.contains("[ssl:info]"), "other modules still log at info:\n{log}");
+    assert!(!log.contains("[stapling:info]") && !log.contains("[stapling:debug]"), "{log}");
+}
