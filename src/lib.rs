@@ -5,6 +5,7 @@
 //! are safe Rust, tested without Apache.
 
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 // Unit tests run without Apache, whose symbols exist only inside httpd.
 #[cfg(not(test))]
