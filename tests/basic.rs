@@ -245,3 +245,21 @@ fn log_lines_follow_the_modules_own_log_level() {
     assert!(log.contains("[ssl:info]"), "other modules still log at info:\n{log}");
     assert!(!log.contains("[stapling:info]") && !log.contains("[stapling:debug]"), "{log}");
 }
+
+#[test]
+fn compatibility_off_leaves_ssl_use_stapling_to_mod_ssl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rport = free_port();
+    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
+    let responder = Responder::fixture(&pki, rport);
+    let mut opts = ApacheOptions::for_pki(&pki);
+    opts.global_conf = "StaplingCompatibility Off\nSSLStaplingCache shmcb:ssl_stapling(65536)\n".into();
+    opts.vhost_conf = "SSLUseStapling on\n".into();
+    let apache = Apache::start(opts).expect("apache");
+    assert_eq!(responder.requests(), 0, "mod_stapling fetched nothing at startup");
+    // mod_ssl's own code fetches during the first handshake.
+    let r = handshake(apache.port(), &pki.path("root.crt"), None);
+    assert!(r.stapled, "{}", r.raw);
+    assert_eq!(responder.requests(), 1);
+    assert!(!apache.error_log().contains("OCSP stapling ready"), "{}", apache.error_log());
+}
