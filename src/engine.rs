@@ -46,6 +46,17 @@ pub struct ManagedCert {
     pub vhosts: Vec<String>,
 }
 
+impl ManagedCert {
+    /// "certificate CN=… serial=… (vhost host:port, …)", for log lines.
+    pub fn describe(&self) -> String {
+        if self.vhosts.is_empty() {
+            self.info.label.clone()
+        } else {
+            format!("{} (vhost {})", self.info.label, self.vhosts.join(", "))
+        }
+    }
+}
+
 /// What the prime hook decided for one certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PrimeDecision {
@@ -208,7 +219,7 @@ impl Runtime {
             Ok(Some(b)) => b,
             Ok(None) => return false,
             Err(e) => {
-                warn!("stored response {} for {} is unreadable ({e}); deleting it", path.display(), cert.info.label);
+                warn!("stored response {} for {} is unreadable ({e}); deleting it", path.display(), cert.describe());
                 let _ = disk.remove(&cert.info.key);
                 return false;
             }
@@ -226,7 +237,7 @@ impl Runtime {
                 published
             }
             Err(why) => {
-                warn!("stored response {} for {} is not usable ({why}); deleting it", path.display(), cert.info.label);
+                warn!("stored response {} for {} is not usable ({why}); deleting it", path.display(), cert.describe());
                 let _ = disk.remove(&cert.info.key);
                 false
             }
@@ -324,7 +335,7 @@ impl Runtime {
                 warn!(
                     "cannot write the response for {} to {}: {e}. Stapling continues from memory; \
                      check StaplingStore's directory permissions",
-                    cert.info.label,
+                    cert.describe(),
                     disk.dir().display()
                 );
             }
@@ -341,14 +352,13 @@ impl Runtime {
     ) {
         match &v.status {
             CertStatus::Revoked { reason } => error!(
-                "{} (vhost {}) is REVOKED ({reason}) according to {}: stapling the revoked status. \
+                "{} is REVOKED ({reason}) according to {}: stapling the revoked status. \
                  Replace this certificate now",
-                cert.info.label,
-                cert.vhosts.join(", "),
+                cert.describe(),
                 cert.url
             ),
             CertStatus::Good if fresh && (previous.status == SlotStatus::Empty || previous.failures > 0) => {
-                info!("{}: stapling a good response from {} (next refresh in {next_in}s)", cert.info.label, cert.url)
+                info!("{}: stapling a good response from {} (next refresh in {next_in}s)", cert.describe(), cert.url)
             }
             CertStatus::Good => debug!("{}: response refreshed (next refresh in {next_in}s)", cert.info.label),
         }
@@ -366,7 +376,12 @@ impl Runtime {
         } else {
             "nothing is stapled for it".to_string()
         };
-        let line = format!("{}: {why}; {keeping}; retrying in {}s", cert.info.label, next - now);
+        let line = format!(
+            "{}: {why}; {keeping}; retrying in {}s. Check that this server can reach the responder, \
+             or set StaplingForceURL",
+            cert.describe(),
+            next - now
+        );
         if cert.info.must_staple && state.staple_until <= now {
             error!("{line}. This certificate is must-staple: clients that honour it will refuse connections");
         } else if previous_failures == 0 {
@@ -395,16 +410,17 @@ impl Runtime {
                 });
             }
         });
-        let missing: Vec<&str> = (0..self.certs.len())
+        let missing: Vec<String> = (0..self.certs.len())
             .filter(|&i| self.store.state(self.slots[i]).staple_until <= unix_now())
-            .map(|i| self.certs[i].info.label.as_str())
+            .map(|i| self.certs[i].describe())
             .collect();
         for (i, cert) in self.certs.iter().enumerate() {
             if cert.info.must_staple && self.store.state(self.slots[i]).staple_until <= unix_now() {
                 error!(
                     "{} is must-staple but has no valid OCSP response at startup: clients that honour \
                      must-staple will refuse connections until the responder {} answers",
-                    cert.info.label, cert.url
+                    cert.describe(),
+                    cert.url
                 );
             }
         }
