@@ -277,8 +277,13 @@ fn report_load_order(compatibility: bool) {
         names
     };
     let ours = names.iter().position(|n| n == "mod_stapling.c");
+    // mod_tls uses the same core hooks, so it works too (without compatibility mode).
+    let tls = names.iter().any(|n| n == "mod_tls.c");
     match (ours, names.iter().position(|n| n == "mod_ssl.c")) {
-        (_, None) => error!("mod_ssl is not loaded: mod_stapling has nothing to staple. Enable it (a2enmod ssl)"),
+        (_, None) if !tls => {
+            error!("mod_ssl is not loaded: mod_stapling has nothing to staple. Enable it (a2enmod ssl)")
+        }
+        (_, None) => {}
         (Some(o), Some(ssl)) if ssl < o && compatibility => warn!(
             "mod_stapling is loaded before mod_ssl, so compatibility mode cannot read SSLUseStapling and \
              SSLStapling*; load mod_stapling after mod_ssl (on Debian: a2enmod stapling does this)"
