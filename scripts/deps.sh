@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Installs the system packages that building, the demo and the tests need (Debian/Ubuntu).
+# Installs the system packages that building, the demo, the tests and the benches need (Debian/Ubuntu).
 # Safe to run again: it only calls apt-get when something is missing.
 set -euo pipefail
 
 packages=(apache2 apache2-dev libclang-dev clang pkg-config libssl-dev openssl curl iproute2
-          python3 python3-cryptography build-essential ca-certificates)
+          python3 python3-cryptography build-essential ca-certificates valgrind)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

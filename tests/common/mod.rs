@@ -747,6 +747,17 @@ fn write_config(root: &Path, port: u16, opts: &ApacheOptions) {
     fs::write(root.join("conf/httpd.conf"), c).unwrap();
 }
 
+/// Writes the ServerRoot layout and `conf/httpd.conf` for `opts` into `root` (as
+/// [`Apache::start`] does, with `opts.port` or a [`free_port`]) without starting
+/// anything. Returns the port and the `apache2 -d ROOT -f conf/httpd.conf` command
+/// (clean environment, working directory ROOT) for running the server some other
+/// way, e.g. in the foreground (`-X`) under a profiler.
+pub fn prepare_server_root(root: &Path, opts: &ApacheOptions) -> (u16, Command) {
+    let port = opts.port.unwrap_or_else(free_port);
+    write_config(root, port, opts);
+    (port, apache_cmd(root, &opts.env))
+}
+
 /// An `apache2` command for ServerRoot `root` with a clean environment.
 fn apache_cmd(root: &Path, extra_env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(APACHE_BIN);
