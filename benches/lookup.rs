@@ -9,7 +9,7 @@ use std::time::Instant;
 use mod_stapling::cert::CertInfo;
 use mod_stapling::config::ServerConfig;
 use mod_stapling::engine::{unix_now, ManagedCert, Runtime};
-use mod_stapling::store::{region_words, Publish, SharedStore, SlotStatus, DEFAULT_SLOT_DER_BYTES};
+use mod_stapling::store::{region_words, Publish, SharedStore, SlotStatus, StapleBuffer, DEFAULT_SLOT_DER_BYTES};
 use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
 use openssl::hash::MessageDigest;
@@ -75,7 +75,7 @@ fn runtime(certs: usize) -> Runtime {
 fn bench(certs: usize) {
     let rt = runtime(certs);
     let keys: Vec<[u8; 20]> = rt.certs.iter().map(|c| c.info.key).collect();
-    let mut buf = Vec::new();
+    let mut buf = StapleBuffer::default();
     let iterations = 2_000_000;
     for _ in 0..10_000 {
         black_box(rt.staple(&keys[0], &mut buf));
@@ -85,7 +85,7 @@ fn bench(certs: usize) {
         black_box(rt.staple(black_box(&keys[i % keys.len()]), &mut buf));
     }
     let ns = start.elapsed().as_nanos() as f64 / iterations as f64;
-    assert_eq!(buf.len(), 1500);
+    assert_eq!(buf.bytes().len(), 1500);
     println!("get_resp lookup + copy of a 1500-byte staple, {certs:>4} certificates: {ns:6.1} ns/handshake");
 }
 

@@ -12,6 +12,28 @@ use crate::der;
 /// The id mod_ssl uses for a certificate: SHA-1 of its DER.
 pub type CertKey = [u8; 20];
 
+/// A map keyed by [`CertKey`]. The keys are SHA-1 digests of configured certificates,
+/// uniformly spread and not chosen by clients, so the hash is just their first 8 bytes:
+/// the handshake path does no SipHash rounds.
+pub type KeyMap<V> = std::collections::HashMap<CertKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// The hasher of [`KeyMap`].
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        match bytes.first_chunk::<8>() {
+            Some(first) => self.0 ^= u64::from_ne_bytes(*first),
+            None => bytes.iter().for_each(|b| self.0 = self.0.rotate_left(8) ^ u64::from(*b)),
+        }
+    }
+}
+
 /// Why a primed PEM could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertError(pub String);
@@ -148,5 +170,25 @@ mod tests {
     #[test]
     fn hex_is_lower_case() {
         assert_eq!(hex(&[0x00, 0xab, 0x0f]), "00ab0f");
+    }
+}
+
+#[cfg(test)]
+mod key_map_tests {
+    use super::*;
+
+    #[test]
+    fn key_map_finds_every_key_and_only_those() {
+        let keys: Vec<CertKey> = (0..500u32)
+            .map(|i| {
+                let d = openssl::hash::hash(MessageDigest::sha1(), &i.to_le_bytes()).unwrap();
+                d.as_ref().try_into().unwrap()
+            })
+            .collect();
+        let map: KeyMap<usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(map.get(k), Some(&i));
+        }
+        assert_eq!(map.get(&[0u8; 20]), None);
     }
 }

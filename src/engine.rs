@@ -1,16 +1,15 @@
 //! The stapling engine: which certificates we serve, and how one refresh goes.
 //! Safe Rust; Apache reaches it through `apache::entry`.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
 
-use crate::cert::{CertInfo, CertKey};
+use crate::cert::{CertInfo, CertKey, KeyMap};
 use crate::config::Effective;
 use crate::ocsp::{self, CertStatus, FetchError, Policy, Verified};
 use crate::refresh;
-use crate::store::{DiskStore, Publish, SharedStore, SlotStatus};
+use crate::store::{DiskStore, Publish, SharedStore, SlotStatus, StapleBuffer};
 
 /// Fetches the startup helper runs at once.
 const STARTUP_PARALLELISM: usize = 32;
@@ -119,7 +118,7 @@ pub struct Runtime {
     /// Slot of each certificate.
     pub slots: Vec<usize>,
     /// Lookup from mod_ssl's id to the index in `certs`.
-    pub by_key: HashMap<CertKey, usize>,
+    pub by_key: KeyMap<usize>,
     /// On-disk copies, unless `StaplingStore none` or unwritable.
     pub disk: Option<DiskStore>,
     /// The store generation this runtime belongs to.
@@ -169,7 +168,7 @@ impl Runtime {
     /// The handshake path: copy the stapleable response for `key` into `out`.
     /// Returns `None` if the certificate is not ours; `Some(false)` if it is ours but
     /// there is nothing to staple right now.
-    pub fn staple(&self, key: &CertKey, out: &mut Vec<u8>) -> Option<bool> {
+    pub fn staple(&self, key: &CertKey, out: &mut StapleBuffer) -> Option<bool> {
         let i = *self.by_key.get(key)?;
         Some(self.store.read(self.slots[i], key, unix_now(), out).is_some())
     }
@@ -524,16 +523,16 @@ mod tests {
         assert_eq!(rt.refresh_if_due(0, &transport), Attempt::Published(SlotStatus::Good));
         assert_eq!(rt.refresh_if_due(0, &transport), Attempt::Skipped);
         assert_eq!(transport.calls.load(Ordering::SeqCst), 1);
-        let mut out = Vec::new();
+        let mut out = StapleBuffer::default();
         assert_eq!(rt.staple(&rt.certs[0].info.key, &mut out), Some(true));
-        assert_eq!(out, der);
+        assert_eq!(out.bytes(), &der[..]);
         assert_eq!(rt.staple(&[0; 20], &mut out), None, "not ours");
     }
 
     fn good_bytes_of(rt: &Runtime) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = StapleBuffer::default();
         rt.store.read(rt.slots[0], &rt.certs[0].info.key, unix_now(), &mut out);
-        out
+        out.bytes().to_vec()
     }
 
     #[test]
@@ -547,9 +546,9 @@ mod tests {
         for _ in 0..2 {
             make_due(&rt);
             assert!(matches!(rt.refresh_if_due(0, &transport), Attempt::Failed(_)));
-            let mut out = Vec::new();
+            let mut out = StapleBuffer::default();
             assert_eq!(rt.staple(&rt.certs[0].info.key, &mut out), Some(true));
-            assert_eq!(out, first, "the last good response stays");
+            assert_eq!(out.bytes(), &first[..], "the last good response stays");
         }
         let st = rt.store.state(rt.slots[0]);
         assert_eq!(st.failures, 2);
@@ -598,7 +597,7 @@ mod tests {
         let torn = runtime(Some(disk.clone()));
         assert!(!torn.restore_from_disk(0));
         assert_eq!(disk.load(&rt.certs[0].info.key).unwrap(), None);
-        let mut out = Vec::new();
+        let mut out = StapleBuffer::default();
         assert_eq!(torn.staple(&torn.certs[0].info.key, &mut out), Some(false));
     }
 }

@@ -16,7 +16,7 @@ use super::{ffi, log as aplog, pool, process, shm};
 use crate::cert::{CertInfo, CertKey};
 use crate::config::{Context, Outcome, ServerConfig};
 use crate::engine::{HttpTransport, ManagedCert, PrimeDecision, Registry, Runtime};
-use crate::store::{region_words, slots_in, DiskStore, SharedStore, DEFAULT_SLOT_DER_BYTES};
+use crate::store::{region_words, slots_in, DiskStore, SharedStore, StapleBuffer, DEFAULT_SLOT_DER_BYTES};
 
 /// The module record Apache finds with `LoadModule stapling_module`. Rust owns it so that
 /// the cdylib exports the symbol; the directive table and hook registration are the
@@ -214,7 +214,7 @@ pub unsafe extern "C" fn stapling_rs_ocsp_get_resp(
     cb: ffi::ap_ssl_ocsp_copy_resp,
     userdata: *mut c_void,
 ) -> c_int {
-    thread_local!(static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) });
+    thread_local!(static BUFFER: RefCell<StapleBuffer> = RefCell::new(StapleBuffer::default()));
     guard("ocsp_get_resp", ffi::DECLINED, || {
         let (Some(cb), false, 20) = (cb, id.is_null(), id_len) else { return ffi::DECLINED };
         // SAFETY: RUNTIME is NULL or a leaked Runtime that is never freed while a
@@ -226,9 +226,9 @@ pub unsafe extern "C" fn stapling_rs_ocsp_get_resp(
         BUFFER.with_borrow_mut(|buf| match runtime.staple(&key, buf) {
             None => ffi::DECLINED,
             Some(true) => {
-                // SAFETY: buf holds buf.len() bytes for the duration of the callback,
-                // which copies them.
-                unsafe { cb(buf.as_ptr(), buf.len(), userdata) };
+                let der = buf.bytes();
+                // SAFETY: `der` is valid for the duration of the callback, which copies it.
+                unsafe { cb(der.as_ptr(), der.len(), userdata) };
                 ffi::OK
             }
             Some(false) => {

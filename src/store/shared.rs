@@ -102,6 +102,28 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// The reusable buffer the handshake path copies a response into: whole words, so the
+/// copy is one load and one store per 8 bytes.
+#[derive(Debug, Default, Clone)]
+pub struct StapleBuffer {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl StapleBuffer {
+    /// The DER copied by the last successful read.
+    pub fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice::<u64, u8>(&self.words)[..self.len]
+    }
+}
+
+/// A key as the three native-endian words a slot stores it in.
+fn key_words(key: &CertKey) -> [u64; 3] {
+    let mut padded = [0u8; 24];
+    padded[..20].copy_from_slice(key);
+    std::array::from_fn(|i| u64::from_ne_bytes(padded[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8])))
+}
+
 /// A view of the shared region.
 #[derive(Clone, Copy)]
 pub struct SharedStore<'a> {
@@ -182,7 +204,7 @@ impl<'a> SharedStore<'a> {
         }
         let mut key = [0u8; 24];
         for i in 0..3 {
-            key[i * 8..i * 8 + 8].copy_from_slice(&self.word(slot, W_KEY + i).load(Ordering::Relaxed).to_le_bytes());
+            key[i * 8..i * 8 + 8].copy_from_slice(&self.word(slot, W_KEY + i).load(Ordering::Relaxed).to_ne_bytes());
         }
         let mut out = [0u8; 20];
         out.copy_from_slice(&key[..20]);
@@ -229,10 +251,7 @@ impl<'a> SharedStore<'a> {
             self.word(slot, w).store(0, Ordering::Relaxed);
         }
         if let Some(key) = key {
-            let mut padded = [0u8; 24];
-            padded[..20].copy_from_slice(key);
-            for i in 0..3 {
-                let v = u64::from_le_bytes(padded[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+            for (i, v) in key_words(key).into_iter().enumerate() {
                 self.word(slot, W_KEY + i).store(v, Ordering::Relaxed);
             }
             self.word(slot, W_IN_USE).store(1, Ordering::Relaxed);
@@ -263,7 +282,7 @@ impl<'a> SharedStore<'a> {
         for (i, chunk) in p.der.chunks(8).enumerate() {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
-            self.word(slot, META_WORDS + i).store(u64::from_le_bytes(word), Ordering::Relaxed);
+            self.word(slot, META_WORDS + i).store(u64::from_ne_bytes(word), Ordering::Relaxed);
         }
         self.word(slot, W_DER_LEN).store(p.der.len() as u64, Ordering::Relaxed);
         self.word(slot, W_THIS_UPDATE).store(p.this_update as u64, Ordering::Relaxed);
@@ -275,15 +294,16 @@ impl<'a> SharedStore<'a> {
     }
 
     /// Copies the response for `key` into `out` if it may be stapled at `now`.
-    /// This is the handshake path: no lock, no allocation beyond `out`, no I/O.
-    pub fn read(&self, slot: usize, key: &CertKey, now: i64, out: &mut Vec<u8>) -> Option<SlotStatus> {
+    /// This is the handshake path: no lock, no allocation once `out` has grown, no I/O.
+    pub fn read(&self, slot: usize, key: &CertKey, now: i64, out: &mut StapleBuffer) -> Option<SlotStatus> {
+        let key_words = key_words(key);
         for _ in 0..READ_RETRIES {
             let before = self.word(slot, W_SEQ).load(Ordering::Acquire);
             if before % 2 == 1 {
                 std::hint::spin_loop();
                 continue;
             }
-            let result = self.read_unchecked(slot, key, now, out);
+            let result = self.read_unchecked(slot, &key_words, now, out);
             fence(Ordering::Acquire);
             if self.word(slot, W_SEQ).load(Ordering::Relaxed) == before {
                 return result;
@@ -292,29 +312,25 @@ impl<'a> SharedStore<'a> {
         None
     }
 
-    fn read_unchecked(&self, slot: usize, key: &CertKey, now: i64, out: &mut Vec<u8>) -> Option<SlotStatus> {
-        if self.key_of(slot).as_ref() != Some(key) {
+    fn read_unchecked(&self, slot: usize, key: &[u64; 3], now: i64, out: &mut StapleBuffer) -> Option<SlotStatus> {
+        let meta = &self.words[HEADER_WORDS + slot * self.slot_words..][..META_WORDS];
+        let load = |w: usize| meta[w].load(Ordering::Relaxed);
+        if load(W_IN_USE) == 0 || key.iter().enumerate().any(|(i, k)| load(W_KEY + i) != *k) {
             return None;
         }
-        let status = match self.word(slot, W_STATUS).load(Ordering::Relaxed) {
+        let status = match load(W_STATUS) {
             1 => SlotStatus::Good,
             2 => SlotStatus::Revoked,
             _ => return None,
         };
-        if now >= self.word(slot, W_STAPLE_UNTIL).load(Ordering::Relaxed) as i64 {
+        let len = load(W_DER_LEN) as usize;
+        if now >= load(W_STAPLE_UNTIL) as i64 || len == 0 || len > self.capacity() {
             return None;
         }
-        let len = self.word(slot, W_DER_LEN).load(Ordering::Relaxed) as usize;
-        if len == 0 || len > self.capacity() {
-            return None;
-        }
-        out.clear();
-        out.resize(len, 0);
         let base = HEADER_WORDS + slot * self.slot_words + META_WORDS;
-        let words = &self.words[base..base + len.div_ceil(8)];
-        for (chunk, word) in out.chunks_mut(8).zip(words) {
-            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes()[..chunk.len()]);
-        }
+        out.words.clear();
+        out.words.extend(self.words[base..base + len.div_ceil(8)].iter().map(|w| w.load(Ordering::Relaxed)));
+        out.len = len;
         Some(status)
     }
 
@@ -415,9 +431,9 @@ mod tests {
         let slots = s.assign(&keys, 0).unwrap();
         let der: Vec<u8> = (0..1001u32).map(|i| i as u8).collect();
         s.publish(slots[0], &publish(&der, 100)).unwrap();
-        let mut out = Vec::new();
+        let mut out = StapleBuffer::default();
         assert_eq!(s.read(slots[0], &keys[0], 50, &mut out), Some(SlotStatus::Good));
-        assert_eq!(out, der);
+        assert_eq!(out.bytes(), &der[..]);
         assert_eq!(s.read(slots[0], &keys[1], 50, &mut out), None, "key must match");
         assert_eq!(s.read(slots[1], &keys[1], 50, &mut out), None, "empty slot");
         assert_eq!(s.read(slots[0], &keys[0], 100, &mut out), None, "stale is never served");
@@ -453,7 +469,7 @@ mod tests {
         let again = SharedStore::attach(&r, 1024).unwrap();
         let second = again.assign(&[b, c], 0).unwrap();
         assert_eq!(second[0], first[1], "b keeps its slot and response");
-        let mut out = Vec::new();
+        let mut out = StapleBuffer::default();
         assert_eq!(again.read(second[0], &b, 1, &mut out), Some(SlotStatus::Good));
         assert_eq!(again.read(second[1], &c, 1, &mut out), None);
         assert_eq!(again.key_of(second[1]), Some(c));
@@ -502,7 +518,7 @@ mod tests {
         let s = SharedStore::attach(&r, 1024).unwrap();
         let slots = s.assign(&[[1; 20]], 0).unwrap();
         let _ = s.begin_write(slots[0]); // writer dies here
-        let mut out = Vec::new();
+        let mut out = StapleBuffer::default();
         assert_eq!(s.read(slots[0], &[1; 20], 0, &mut out), None);
         s.publish(slots[0], &publish(b"ok", 10)).unwrap();
         assert_eq!(s.read(slots[0], &[1; 20], 0, &mut out), Some(SlotStatus::Good));
@@ -524,11 +540,12 @@ mod tests {
                 }
             })
         };
-        let mut out = Vec::new();
+        let mut out = StapleBuffer::default();
         let mut seen = 0;
         while !writer.is_finished() {
             if s.read(0, &[9; 20], 0, &mut out).is_some() {
-                assert!(out.iter().all(|&x| x == out[0]), "torn read");
+                let b = out.bytes();
+                assert!(b.iter().all(|&x| x == b[0]), "torn read");
                 seen += 1;
             }
         }
