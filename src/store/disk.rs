@@ -14,6 +14,18 @@ use std::time::{Duration, SystemTime};
 use crate::cert::{hex, CertKey};
 use crate::ocsp::MAX_RESPONSE_BYTES;
 
+/// `<40 hex digits>.der`, or a temp file `.<40 hex>.<pid>.tmp`.
+fn is_our_file(name: &str) -> bool {
+    let hex40 = |h: &str| h.len() == 40 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(h) = name.strip_suffix(".der") {
+        return hex40(h);
+    }
+    name.strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".tmp"))
+        .and_then(|n| n.split_once('.'))
+        .is_some_and(|(h, pid)| hex40(h) && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// A directory of stored responses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskStore {
@@ -32,16 +44,41 @@ impl DiskStore {
     }
 
     /// Creates the directory (mode 0700) and hands it to `owner` (uid, gid) if given.
+    /// An existing directory is only taken over if it holds nothing but our files, so a
+    /// mistyped `StaplingStore /var/www` never re-owns someone else's data.
     pub fn prepare(&self, owner: Option<(u32, u32)>) -> io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
+        match fs::create_dir(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => self.check_ours()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(&self.dir)?,
+            Err(e) => return Err(e),
+        }
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(&self.dir, Some(uid), Some(gid))?;
             for entry in fs::read_dir(&self.dir)?.flatten() {
-                let _ = std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid));
+                std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))?;
             }
         }
         Ok(())
+    }
+
+    fn check_ours(&self) -> io::Result<()> {
+        if !fs::symlink_metadata(&self.dir)?.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a directory"));
+        }
+        let foreign = fs::read_dir(&self.dir)?.flatten().find(|e| !is_our_file(&e.file_name().to_string_lossy()));
+        match foreign {
+            None => Ok(()),
+            Some(e) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "holds {:?}, which is not a stored response; refusing to take the directory over. \
+                     Point StaplingStore at a directory of its own",
+                    e.file_name()
+                ),
+            )),
+        }
     }
 
     /// The file for `key`.
@@ -135,6 +172,25 @@ mod tests {
         assert_eq!(dmode, 0o700);
         store.remove(&key).unwrap();
         assert_eq!(store.load(&key).unwrap(), None);
+    }
+
+    #[test]
+    fn a_directory_with_foreign_files_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("index.html"), b"someone's data").unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let err = DiskStore::new(dir.path()).prepare(None).unwrap_err();
+        assert!(err.to_string().contains("index.html"), "{err}");
+        let mode = fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "left alone");
+        // Our own files (and an empty directory) are fine.
+        let ours = tempfile::tempdir().unwrap();
+        let store = DiskStore::new(ours.path());
+        store.prepare(None).unwrap();
+        store.save(&[3; 20], b"x").unwrap();
+        fs::write(ours.path().join(format!(".{}.123.tmp", hex(&[4; 20]))), b"").unwrap();
+        store.prepare(None).unwrap();
+        assert!(DiskStore::new(dir.path().join("index.html")).prepare(None).is_err(), "a file is not a directory");
     }
 
     #[test]
