@@ -6,17 +6,15 @@ use std::ffi::{c_char, c_int, c_ulong, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::Mutex;
 
 use log::{error, info, warn};
 
-use super::{ffi, log as aplog, pool, process, shm};
+use super::{ffi, generation, log as aplog, pool, refresher};
 use crate::cert::{CertInfo, CertKey};
 use crate::config::{Context, Outcome, ServerConfig};
-use crate::engine::{HttpTransport, ManagedCert, PrimeDecision, Registry, Runtime};
-use crate::store::{region_words, slots_in, DiskStore, SharedStore, StapleBuffer, DEFAULT_SLOT_DER_BYTES};
+use crate::engine::{PrimeDecision, Registry, Runtime};
+use crate::store::StapleBuffer;
 
 /// The module record Apache finds with `LoadModule stapling_module`. Rust owns it so that
 /// the cdylib exports the symbol; the directive table and hook registration are the
@@ -54,15 +52,8 @@ static PASS: Mutex<Option<Pass>> = Mutex::new(None);
 /// inherited by the children at fork.
 static RUNTIME: AtomicPtr<Runtime> = AtomicPtr::new(ptr::null_mut());
 
-/// Seconds added to the responder timeout while the parent waits for the startup helper.
-const HELPER_GRACE: Duration = Duration::from_secs(2);
-/// How often each child's refresher looks at the schedule.
-const REFRESH_TICK: Duration = Duration::from_secs(1);
-/// Stored files of certificates no longer configured are kept this long.
-const STORE_GRACE: Duration = Duration::from_secs(7 * 86_400);
-
 /// Runs `body`, turning a panic into an error line and `fallback`.
-fn guard<T>(what: &str, fallback: T, body: impl FnOnce() -> T) -> T {
+pub(super) fn guard<T>(what: &str, fallback: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|panic| {
         let detail = panic
             .downcast_ref::<&str>()
@@ -80,7 +71,7 @@ fn with_pass<T>(f: impl FnOnce(&mut Pass) -> T) -> T {
 }
 
 /// The module's config on server `s`.
-fn server_config<'a>(s: *const ffi::server_rec) -> Option<&'a mut ServerConfig> {
+pub(super) fn server_config<'a>(s: *const ffi::server_rec) -> Option<&'a mut ServerConfig> {
     if s.is_null() {
         return None;
     }
@@ -257,7 +248,7 @@ pub unsafe extern "C" fn stapling_rs_post_config(
         report_load_order(server_config(s).is_none_or(|c| c.compatibility()));
         pass.notes.iter().chain(pass.registry.no_url.iter().map(|(_, line)| line)).for_each(|n| info!("{n}"));
         report_unprimed_vhosts(s, &pass.registry);
-        start_generation(s, pass.registry);
+        replace_runtime(generation::start_generation(s, pass.registry));
         ffi::OK
     })
 }
@@ -312,51 +303,6 @@ fn report_unprimed_vhosts(main: *mut ffi::server_rec, registry: &Registry) {
     }
 }
 
-fn start_generation(s: *mut ffi::server_rec, registry: Registry) {
-    let Some(main_cfg) = server_config(s) else { return };
-    let mut certs = registry.certs;
-    if certs.is_empty() {
-        replace_runtime(None);
-        return;
-    }
-    let slots = plan_slots(&mut certs, main_cfg.cache_spec().and_then(|c| c.size));
-    // SAFETY: `s` is the live main server; process is set for its whole life.
-    let process_pool = unsafe { (*(*s).process).pool };
-    let words = match shm::region(process_pool, region_words(slots, DEFAULT_SLOT_DER_BYTES)) {
-        Ok((words, _reused)) => words,
-        Err(e) => {
-            error!("{e}; OCSP stapling is off until the next restart");
-            replace_runtime(None);
-            return;
-        }
-    };
-    let store = match SharedStore::attach(words, DEFAULT_SLOT_DER_BYTES) {
-        Ok(store) => store,
-        Err(e) => {
-            error!("{e}; OCSP stapling is off until the next restart");
-            replace_runtime(None);
-            return;
-        }
-    };
-    let disk = disk_store(s, main_cfg);
-    let runtime = match Runtime::new(store, certs, disk) {
-        Ok(r) => Box::new(r),
-        Err(e) => {
-            error!("{e}: cannot place every certificate; OCSP stapling is off until the next restart");
-            replace_runtime(None);
-            return;
-        }
-    };
-    run_startup_helper(&runtime);
-    if let Some(disk) = &runtime.disk {
-        let keys: Vec<CertKey> = runtime.certs.iter().map(|c| c.info.key).collect();
-        for name in disk.prune(&keys, STORE_GRACE) {
-            info!("removed stored response {name}: its certificate is no longer configured");
-        }
-    }
-    replace_runtime(Some(runtime));
-}
-
 /// Installs this generation's runtime. The parent has no other threads, so the previous
 /// runtime has no readers left in this process.
 fn replace_runtime(runtime: Option<Box<Runtime>>) {
@@ -368,153 +314,13 @@ fn replace_runtime(runtime: Option<Box<Runtime>>) {
     }
 }
 
-/// Slots for the shared store: what `StaplingCache` allows (dropping, loudly, the
-/// certificates that do not fit), or room to grow at a graceful restart.
-fn plan_slots(certs: &mut Vec<ManagedCert>, cache_bytes: Option<usize>) -> usize {
-    let Some(bytes) = cache_bytes else { return (certs.len() * 2).max(16) };
-    let fit = slots_in(bytes, DEFAULT_SLOT_DER_BYTES);
-    if fit < certs.len() {
-        let configured = certs.len();
-        let dropped: Vec<String> = certs.drain(fit..).map(|c| c.info.label).collect();
-        error!(
-            "StaplingCache is too small: {fit} responses fit, {configured} certificates are configured. Not \
-             stapled: {}. Raise the size in StaplingCache/SSLStaplingCache to at least {} bytes",
-            dropped.join(", "),
-            region_words(configured, DEFAULT_SLOT_DER_BYTES) * 8
-        );
-    }
-    fit.max(1)
-}
-
-fn server_user() -> (u32, u32) {
-    // SAFETY: ap_unixd_config is filled in by mod_unixd while reading the config.
-    unsafe { (ffi::ap_unixd_config.user_id, ffi::ap_unixd_config.group_id) }
-}
-
-/// The directory for stored responses, created for the server's User, or None.
-fn disk_store(s: *mut ffi::server_rec, cfg: &ServerConfig) -> Option<DiskStore> {
-    let dir = match &cfg.global.store {
-        Some(None) => return None,
-        Some(Some(dir)) => server_root_relative(s, dir),
-        None => default_store_dir(s),
-    };
-    let store = DiskStore::new(dir);
-    // SAFETY: a plain query of the process's effective uid.
-    let owner = (unsafe { libc::geteuid() } == 0).then(server_user);
-    match store.prepare(owner) {
-        Ok(()) => Some(store),
-        Err(e) => {
-            warn!(
-                "StaplingStore {}: {e}; responses are kept in memory only and will be fetched again \
-                 after a restart. Fix the directory or set StaplingStore none",
-                store.dir().display()
-            );
-            None
-        }
-    }
-}
-
-fn server_root_relative(s: *mut ffi::server_rec, path: &str) -> String {
-    if path.starts_with('/') {
-        return path.to_string();
-    }
-    let c = std::ffi::CString::new(path).unwrap_or_default();
-    // SAFETY: the main server's process pool is live; ap_server_root_relative copies
-    // into it and returns NULL only on a bad path.
-    let full = unsafe { ffi::ap_server_root_relative((*(*s).process).pconf, c.as_ptr()) };
-    if full.is_null() {
-        path.to_string()
-    } else {
-        pool::text(full).into_owned()
-    }
-}
-
-/// Debian keeps state under /var/cache/apache2; RHEL's ServerRoot has a `state` link
-/// to /var/lib/httpd; anything else gets a directory under ServerRoot.
-fn default_store_dir(s: *mut ffi::server_rec) -> String {
-    let root = server_root_relative(s, "");
-    let root = root.trim_end_matches('/');
-    if root == "/etc/apache2" {
-        "/var/cache/apache2/mod_stapling".into()
-    } else if std::path::Path::new(&format!("{root}/state")).is_dir() {
-        format!("{root}/state/mod_stapling")
-    } else {
-        format!("{root}/stapling")
-    }
-}
-
-fn run_startup_helper(runtime: &Runtime) {
-    let longest = runtime.certs.iter().map(|c| c.settings.responder_timeout).max().unwrap_or_default();
-    let (uid, gid) = server_user();
-    match process::run_helper(uid, gid, longest + HELPER_GRACE, || runtime.startup_pass()) {
-        process::HelperEnd::Exited(0) => {}
-        process::HelperEnd::Exited(code) => warn!("startup fetch helper exited with status {code}"),
-        process::HelperEnd::TimedOut => warn!(
-            "startup fetch did not finish within {}s; the children go on trying in the background",
-            (longest + HELPER_GRACE).as_secs()
-        ),
-        process::HelperEnd::ForkFailed(e) => {
-            warn!("cannot start the startup fetch helper ({e}); fetching in the children")
-        }
-    }
-    let stapled = (0..runtime.certs.len())
-        .filter(|&i| runtime.store.state(runtime.slots[i]).staple_until > crate::engine::unix_now())
-        .count();
-    info!("OCSP stapling ready: {stapled} of {} certificates have a verified response", runtime.certs.len());
-}
-
-/// Stops and joins a child's refresher when the child's pool goes away.
-struct Refresher {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Refresher {
-    fn drop(&mut self) {
-        let (flag, cv) = &*self.stop;
-        *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        cv.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
+/// Each child starts its refresher thread; the startup helper already filled the store.
 #[no_mangle]
 pub unsafe extern "C" fn stapling_rs_child_init(pchild: *mut ffi::apr_pool_t, _s: *mut ffi::server_rec) {
     guard("child_init", (), || {
-        let runtime = RUNTIME.load(Ordering::Acquire) as usize;
-        if runtime == 0 {
-            return;
-        }
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let stop_for_thread = Arc::clone(&stop);
-        let spawned = std::thread::Builder::new().name("stapling-refresh".into()).spawn(move || {
-            // SAFETY: the runtime outlives this thread: it is only freed in the parent,
-            // and the child's pool cleanup joins this thread before the child exits.
-            let runtime = unsafe { &*(runtime as *const Runtime) };
-            refresh_loop(runtime, &stop_for_thread);
-        });
-        match spawned {
-            Ok(handle) => {
-                pool::pool_owned(pchild, Refresher { stop, thread: Some(handle) });
-            }
-            Err(e) => error!("cannot start the OCSP refresh thread in this child: {e}"),
+        let runtime = RUNTIME.load(Ordering::Acquire);
+        if !runtime.is_null() {
+            refresher::start(pchild, runtime);
         }
     })
-}
-
-fn refresh_loop(runtime: &Runtime, stop: &(Mutex<bool>, Condvar)) {
-    let (flag, cv) = stop;
-    loop {
-        if runtime.superseded() {
-            return;
-        }
-        guard("refresh", (), || runtime.refresh_pass(&HttpTransport));
-        let stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
-        let (stopped, _) = cv.wait_timeout_while(stopped, REFRESH_TICK, |s| !*s).unwrap_or_else(|e| e.into_inner());
-        if *stopped {
-            return;
-        }
-    }
 }

@@ -5,9 +5,11 @@
 
 mod entry;
 mod ffi;
+mod generation;
 pub mod log;
 mod pool;
 mod process;
+mod refresher;
 mod shm;
 
 pub use entry::stapling_module;
