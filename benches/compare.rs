@@ -39,23 +39,19 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[path = "common/mod.rs"]
+mod bench_common;
+
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Read;
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bench_common::*;
 use common::*;
-use openssl::hash::MessageDigest;
-use openssl::ocsp::{OcspCertId, OcspCertStatus, OcspFlag, OcspResponse, OcspResponseStatus};
-use openssl::ssl::{
-    ErrorCode, SslConnector, SslMethod, SslOptions, SslSessionCacheMode, SslVerifyMode, SslVersion, StatusType,
-};
-use openssl::stack::Stack;
-use openssl::x509::store::{X509Store, X509StoreBuilder};
-use openssl::x509::X509;
+
+/// Read and write timeout of each client connection.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------
 // settings
@@ -73,35 +69,9 @@ struct Settings {
     cert: String,
 }
 
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|_| panic!("{name}: cannot parse '{v}'")),
-        _ => default,
-    }
-}
-
-fn nproc() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
 impl Settings {
     fn from_env() -> Settings {
-        let servers = match std::env::var("BENCH_SERVERS") {
-            Ok(v) if !v.trim().is_empty() => {
-                let mut s = Vec::new();
-                for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                    let k = Kind::ALL
-                        .into_iter()
-                        .find(|k| k.label() == name)
-                        .unwrap_or_else(|| panic!("BENCH_SERVERS: unknown server '{name}'"));
-                    if !s.contains(&k) {
-                        s.push(k);
-                    }
-                }
-                s
-            }
-            _ => Kind::ALL.to_vec(),
-        };
+        let servers = Kind::list_from_env("BENCH_SERVERS");
         Settings {
             seconds: env_num("BENCH_SECONDS", 5.0f64).max(0.1),
             rounds: env_num("BENCH_ROUNDS", 3usize).max(1),
@@ -110,189 +80,14 @@ impl Settings {
             cold_seconds: env_num("BENCH_COLD_SECONDS", 5.0f64).max(0.1),
             delay: env_num("BENCH_RESPONDER_DELAY", 1.0f64).max(0.0),
             servers,
-            cert: match std::env::var("BENCH_CERT").as_deref() {
-                Ok("ec") | Ok("leaf-ec") => "leaf-ec".into(),
-                Ok("") | Ok("rsa") | Ok("leaf") | Err(_) => "leaf".into(),
-                Ok(other) => panic!("BENCH_CERT: expected rsa or ec, got '{other}'"),
-            },
+            cert: cert_from_env("BENCH_CERT"),
         }
     }
 }
 
 // ---------------------------------------------------------------------------
-// the four configurations
+// load generator
 // ---------------------------------------------------------------------------
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    None,
-    ModSsl,
-    ModMd,
-    Stapling,
-}
-
-impl Kind {
-    const ALL: [Kind; 4] = [Kind::None, Kind::ModSsl, Kind::ModMd, Kind::Stapling];
-
-    fn label(self) -> &'static str {
-        match self {
-            Kind::None => "none",
-            Kind::ModSsl => "mod_ssl",
-            Kind::ModMd => "mod_md",
-            Kind::Stapling => "mod_stapling",
-        }
-    }
-
-    fn staples(self) -> bool {
-        self != Kind::None
-    }
-
-    /// Options for a cold server with ServerRoot `root` (must not exist yet).
-    fn options(self, pki: &Pki, root: &Path, children: u32, cert: &str) -> ApacheOptions {
-        let mut o = ApacheOptions::new(pki.path(&format!("{cert}-chain.crt")), pki.path(&format!("{cert}.key")));
-        o.mpm = Mpm::Event;
-        o.children = children;
-        o.server_root = Some(root.to_path_buf());
-        o.load_stapling = self == Kind::Stapling;
-        // The harness logs at info (stapling:debug); benchmark at warn everywhere.
-        let mut g = String::from("LogLevel warn ssl:warn");
-        if o.load_stapling {
-            g.push_str(" stapling:warn");
-        }
-        g.push('\n');
-        match self {
-            Kind::None => {}
-            Kind::ModSsl => {
-                g.push_str("SSLStaplingCache shmcb:ssl_stapling(128000)\n");
-                o.vhost_conf = "SSLUseStapling on\n".into();
-            }
-            Kind::ModMd => {
-                let m = Path::new(APACHE_MODULES);
-                // Debian builds mod_watchdog into the server binary; load it only if not.
-                let _ = writeln!(
-                    g,
-                    "<IfModule !watchdog_module>\n    LoadModule watchdog_module \"{}\"\n</IfModule>",
-                    m.join("mod_watchdog.so").display()
-                );
-                let _ = writeln!(g, "LoadModule md_module \"{}\"", m.join("mod_md.so").display());
-                // ROOT/var belongs to www-data (the server user).
-                let _ = writeln!(g, "MDStoreDir \"{}\"", root.join("var/md").display());
-                g.push_str("MDStapling on\nMDStapleOthers on\n");
-            }
-            Kind::Stapling => {
-                o.vhost_conf = "Stapling on\n".into();
-            }
-        }
-        o.global_conf = g;
-        o
-    }
-}
-
-// ---------------------------------------------------------------------------
-// TLS client (load generator)
-// ---------------------------------------------------------------------------
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Proto {
-    Any,
-    Tls12,
-    Tls13,
-}
-
-impl Proto {
-    fn label(self) -> &'static str {
-        match self {
-            Proto::Any => "default",
-            Proto::Tls12 => "TLS 1.2",
-            Proto::Tls13 => "TLS 1.3",
-        }
-    }
-}
-
-/// A client context: no verification (cheap), no session cache, no tickets, so
-/// that every handshake is a full one.
-fn connector(proto: Proto) -> SslConnector {
-    let mut b = SslConnector::builder(SslMethod::tls_client()).expect("SslConnector");
-    b.set_verify(SslVerifyMode::NONE);
-    b.set_options(SslOptions::NO_TICKET);
-    b.set_session_cache_mode(SslSessionCacheMode::OFF);
-    let v = match proto {
-        Proto::Any => None,
-        Proto::Tls12 => Some(SslVersion::TLS1_2),
-        Proto::Tls13 => Some(SslVersion::TLS1_3),
-    };
-    if v.is_some() {
-        b.set_min_proto_version(v).unwrap();
-        b.set_max_proto_version(v).unwrap();
-    }
-    b.build()
-}
-
-/// One full handshake with the status extension, then a clean shutdown (our
-/// close_notify, then read until the server's close_notify or EOF, so the server
-/// finishes its side of the handshake and closes first). Returns the stapled bytes
-/// (empty if `keep` is false) or None if nothing was stapled.
-fn handshake(conn: &SslConnector, port: u16, keep: bool) -> Result<Option<Vec<u8>>, String> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(15)));
-    let _ = tcp.set_write_timeout(Some(Duration::from_secs(15)));
-    let mut cfg = conn.configure().map_err(|e| e.to_string())?.verify_hostname(false);
-    cfg.set_status_type(StatusType::OCSP).map_err(|e| e.to_string())?;
-    let mut s = cfg.connect("localhost", tcp).map_err(|e| format!("handshake: {e}"))?;
-    let staple = s.ssl().ocsp_status().map(|d| if keep { d.to_vec() } else { Vec::new() });
-    let _ = s.shutdown();
-    let mut buf = [0u8; 512];
-    loop {
-        match s.ssl_read(&mut buf) {
-            Ok(0) => break,
-            Ok(_) => continue,
-            Err(e) if e.code() == ErrorCode::ZERO_RETURN => break,
-            Err(_) => break,
-        }
-    }
-    let _ = s.get_mut().read(&mut buf);
-    Ok(staple)
-}
-
-/// Checks a stapled OCSPResponse: successful, signed by the issuer (chain to the
-/// test root), a status for our certificate that is good, and valid now.
-struct Validator {
-    store: X509Store,
-    chain: Stack<X509>,
-    leaf: X509,
-    issuer: X509,
-}
-
-impl Validator {
-    /// Checks staples for `<cert>.crt` (`leaf` or `leaf-ec`).
-    fn new(pki: &Pki, cert: &str) -> Validator {
-        let pem = |n: &str| X509::from_pem(&fs::read(pki.path(n)).unwrap()).unwrap();
-        let mut sb = X509StoreBuilder::new().unwrap();
-        sb.add_cert(pem("root.crt")).unwrap();
-        let mut chain = Stack::new().unwrap();
-        chain.push(pem("issuer.crt")).unwrap();
-        Validator { store: sb.build(), chain, leaf: pem(&format!("{cert}.crt")), issuer: pem("issuer.crt") }
-    }
-
-    fn valid(&self, der: &[u8]) -> bool {
-        let Ok(resp) = OcspResponse::from_der(der) else { return false };
-        if resp.status() != OcspResponseStatus::SUCCESSFUL {
-            return false;
-        }
-        let Ok(basic) = resp.basic() else { return false };
-        if basic.verify(&self.chain, &self.store, OcspFlag::empty()).is_err() {
-            return false;
-        }
-        for md in [MessageDigest::sha1(), MessageDigest::sha256()] {
-            let Ok(id) = OcspCertId::from_cert(md, &self.leaf, &self.issuer) else { continue };
-            if let Some(st) = basic.find_status(&id) {
-                return st.status == OcspCertStatus::GOOD && st.check_validity(300, None).is_ok();
-            }
-        }
-        false
-    }
-}
 
 #[derive(Default)]
 struct LoadStats {
@@ -331,12 +126,12 @@ fn run_load(port: u16, proto: Proto, threads: usize, until: Instant, validate: O
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 sc.spawn(move || {
-                    let conn = connector(proto);
+                    let client = Client::new(proto, CLIENT_TIMEOUT);
                     let v = validate.map(|(pki, cert)| Validator::new(pki, cert));
                     let mut st = LoadStats::default();
                     while Instant::now() < until {
                         let t = Instant::now();
-                        match handshake(&conn, port, v.is_some()) {
+                        match client.handshake(port, v.is_some()) {
                             Ok(staple) => {
                                 st.ok += 1;
                                 if let Some(d) = staple {
@@ -477,7 +272,8 @@ fn cold_start(kind: Kind, pki: &Pki, responder: &Responder, base: &Path, set: &S
     let mut s = Server::new(kind);
     responder.reset_stats();
     let root = base.join(format!("{}-root", kind.label()));
-    let opts = kind.options(pki, &root, set.children, &set.cert);
+    // ROOT/var belongs to www-data (the server user).
+    let opts = kind.options(pki, &set.cert, Mpm::Event, set.children, &root, &root.join("var/md"));
     let t0 = Instant::now();
     let apache = match Apache::start(opts) {
         Ok(a) => a,
@@ -493,9 +289,9 @@ fn cold_start(kind: Kind, pki: &Pki, responder: &Responder, base: &Path, set: &S
     let until = t_ready + Duration::from_secs_f64(set.cold_seconds);
 
     let v = Validator::new(pki, &set.cert);
-    let conn = connector(Proto::Any);
+    let client = Client::new(Proto::Any, CLIENT_TIMEOUT);
     let t = Instant::now();
-    let first = handshake(&conn, port, true);
+    let first = client.handshake(port, true);
     s.cold.first_latency = t.elapsed();
     let mut lats = vec![s.cold.first_latency];
     match first {
@@ -596,35 +392,14 @@ fn ratio(a: &[f64], b: &[f64]) -> Option<f64> {
 // machine description
 // ---------------------------------------------------------------------------
 
-fn cmd_first_line(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| {
-            let mut t = String::from_utf8_lossy(&o.stdout).into_owned();
-            t.push_str(&String::from_utf8_lossy(&o.stderr));
-            t.lines().next().unwrap_or("").trim().to_string()
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
 fn machine() -> Vec<(String, String)> {
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "?".into());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: String = load.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
     vec![
         ("nproc".into(), nproc().to_string()),
-        ("CPU".into(), cpu),
-        ("kernel".into(), kernel),
-        ("Apache".into(), cmd_first_line(APACHE_BIN, &["-v"]).trim_start_matches("Server version: ").to_string()),
+        ("CPU".into(), cpu_model()),
+        ("kernel".into(), kernel_release()),
+        ("Apache".into(), apache_version()),
         ("OpenSSL (CLI)".into(), cmd_first_line("openssl", &["version"])),
         ("OpenSSL (client library)".into(), openssl::version::version().to_string()),
         ("load average at start".into(), load),
@@ -634,10 +409,6 @@ fn machine() -> Vec<(String, String)> {
 // ---------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| manifest_dir().join("target"))
-}
 
 fn main() {
     let set = Settings::from_env();
@@ -671,8 +442,8 @@ fn main() {
         let Some(a) = &s.apache else { continue };
         let port = a.port();
         if s.kind.staples() {
-            let conn = connector(Proto::Any);
-            let ok = wait_until(Duration::from_secs(20), || matches!(handshake(&conn, port, false), Ok(Some(_))));
+            let client = Client::new(Proto::Any, CLIENT_TIMEOUT);
+            let ok = wait_until(Duration::from_secs(20), || matches!(client.handshake(port, false), Ok(Some(_))));
             if !ok {
                 s.warm_note = Some("no staple within 20 s of warm-up".into());
             }
@@ -759,7 +530,7 @@ fn report(set: &Settings, servers: &[Server], machine: &[(String, String)], took
          (no session cache, no tickets) asking for the status extension. Throughput is the median of {} rounds \
          of {} s per (server, protocol); servers alternate within each round; ratios are medians of per-round ratios.\n",
         set.children,
-        if set.cert == "leaf-ec" { "ECDSA P-256" } else { "RSA-2048" },
+        cert_label(&set.cert),
         set.delay,
         set.clients,
         set.rounds,
@@ -959,7 +730,7 @@ fn report(set: &Settings, servers: &[Server], machine: &[(String, String)], took
         set.clients,
         set.cold_seconds,
         set.delay,
-        if set.cert == "leaf-ec" { "ec" } else { "rsa" }
+        cert_setting(&set.cert)
     );
     let _ = writeln!(o, "- total run time: {:.0} s", took.as_secs_f64());
     o

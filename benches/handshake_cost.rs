@@ -45,29 +45,26 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[path = "common/mod.rs"]
+mod bench_common;
+
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Read;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bench_common::*;
 use common::*;
-use openssl::hash::MessageDigest;
-use openssl::ocsp::{OcspCertId, OcspCertStatus, OcspFlag, OcspResponse, OcspResponseStatus};
-use openssl::ssl::{
-    ErrorCode, SslConnector, SslMethod, SslOptions, SslSessionCacheMode, SslVerifyMode, SslVersion, StatusType,
-};
-use openssl::stack::Stack;
-use openssl::x509::store::{X509Store, X509StoreBuilder};
-use openssl::x509::X509;
 
 /// How long valgrind may take until Apache listens.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long callgrind may take to write its output after SIGTERM.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Read and write timeout of each client connection (generous: the server runs under
+/// valgrind).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
 // settings
@@ -83,35 +80,9 @@ struct Settings {
     jobs: usize,
 }
 
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|_| panic!("{name}: cannot parse '{v}'")),
-        _ => default,
-    }
-}
-
-fn nproc() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
 impl Settings {
     fn from_env() -> Settings {
-        let servers = match std::env::var("COST_SERVERS") {
-            Ok(v) if !v.trim().is_empty() => {
-                let mut s = Vec::new();
-                for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                    let k = Kind::ALL
-                        .into_iter()
-                        .find(|k| k.label() == name)
-                        .unwrap_or_else(|| panic!("COST_SERVERS: unknown server '{name}'"));
-                    if !s.contains(&k) {
-                        s.push(k);
-                    }
-                }
-                s
-            }
-            _ => Kind::ALL.to_vec(),
-        };
+        let servers = Kind::list_from_env("COST_SERVERS");
         let n1 = env_num("COST_N1", 100u64).max(1);
         let n2 = env_num("COST_N2", 3000u64);
         assert!(n2 > n1, "COST_N2 ({n2}) must be larger than COST_N1 ({n1})");
@@ -123,180 +94,30 @@ impl Settings {
                 Ok("1.2") | Ok("12") => false,
                 Ok(other) => panic!("COST_TLS: expected 1.3 or 1.2, got '{other}'"),
             },
-            cert: match std::env::var("COST_CERT").as_deref() {
-                Ok("ec") | Ok("leaf-ec") => "leaf-ec".into(),
-                Ok("") | Ok("rsa") | Ok("leaf") | Err(_) => "leaf".into(),
-                Ok(other) => panic!("COST_CERT: expected rsa or ec, got '{other}'"),
-            },
+            cert: cert_from_env("COST_CERT"),
             servers,
             jobs: env_num("COST_JOBS", nproc().min(2)).max(1),
         }
     }
 
-    fn tls_label(&self) -> &'static str {
+    /// The TLS version of the client: 1.3 or 1.2 only.
+    fn proto(&self) -> Proto {
         if self.tls13 {
-            "TLS 1.3"
+            Proto::Tls13
         } else {
-            "TLS 1.2"
-        }
-    }
-
-    fn cert_label(&self) -> &'static str {
-        if self.cert == "leaf-ec" {
-            "ECDSA P-256"
-        } else {
-            "RSA-2048"
+            Proto::Tls12
         }
     }
 }
 
 // ---------------------------------------------------------------------------
-// the four configurations (as in benches/compare.rs, but prefork with one process)
+// the four configurations
 // ---------------------------------------------------------------------------
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    None,
-    ModSsl,
-    ModMd,
-    Stapling,
-}
-
-impl Kind {
-    const ALL: [Kind; 4] = [Kind::None, Kind::ModSsl, Kind::ModMd, Kind::Stapling];
-
-    fn label(self) -> &'static str {
-        match self {
-            Kind::None => "none",
-            Kind::ModSsl => "mod_ssl",
-            Kind::ModMd => "mod_md",
-            Kind::Stapling => "mod_stapling",
-        }
-    }
-
-    fn staples(self) -> bool {
-        self != Kind::None
-    }
-
-    /// Options for a fresh ServerRoot `root`. `md_store` is mod_md's store directory.
-    fn options(self, pki: &Pki, root: &Path, md_store: &Path, cert: &str) -> ApacheOptions {
-        let mut o = ApacheOptions::new(pki.path(&format!("{cert}-chain.crt")), pki.path(&format!("{cert}.key")));
-        o.mpm = Mpm::Prefork;
-        o.children = 1;
-        o.server_root = Some(root.to_path_buf());
-        o.load_stapling = self == Kind::Stapling;
-        // The harness logs at info (stapling:debug); measure at warn everywhere.
-        let mut g = String::from("LogLevel warn ssl:warn");
-        if o.load_stapling {
-            g.push_str(" stapling:warn");
-        }
-        g.push('\n');
-        match self {
-            Kind::None => {}
-            Kind::ModSsl => {
-                g.push_str("SSLStaplingCache shmcb:ssl_stapling(128000)\n");
-                o.vhost_conf = "SSLUseStapling on\n".into();
-            }
-            Kind::ModMd => {
-                let m = Path::new(APACHE_MODULES);
-                // Debian builds mod_watchdog into the server binary; load it only if not.
-                let _ = writeln!(
-                    g,
-                    "<IfModule !watchdog_module>\n    LoadModule watchdog_module \"{}\"\n</IfModule>",
-                    m.join("mod_watchdog.so").display()
-                );
-                let _ = writeln!(g, "LoadModule md_module \"{}\"", m.join("mod_md.so").display());
-                let _ = writeln!(g, "MDStoreDir \"{}\"", md_store.display());
-                g.push_str("MDStapling on\nMDStapleOthers on\n");
-            }
-            Kind::Stapling => {
-                o.vhost_conf = "Stapling on\n".into();
-            }
-        }
-        o.global_conf = g;
-        o
-    }
-}
-
-// ---------------------------------------------------------------------------
-// TLS client
-// ---------------------------------------------------------------------------
-
-/// No verification (the staple is checked separately), no session cache, no tickets,
-/// so that every handshake is a full one.
-fn connector(tls13: bool) -> SslConnector {
-    let mut b = SslConnector::builder(SslMethod::tls_client()).expect("SslConnector");
-    b.set_verify(SslVerifyMode::NONE);
-    b.set_options(SslOptions::NO_TICKET);
-    b.set_session_cache_mode(SslSessionCacheMode::OFF);
-    let v = Some(if tls13 { SslVersion::TLS1_3 } else { SslVersion::TLS1_2 });
-    b.set_min_proto_version(v).unwrap();
-    b.set_max_proto_version(v).unwrap();
-    b.build()
-}
-
-/// One full handshake asking for the status extension, then a clean shutdown (our
-/// close_notify, then read until the server's close_notify or EOF). Returns the
-/// stapled bytes, if any. Generous timeouts: the server runs under valgrind.
-fn handshake(conn: &SslConnector, port: u16) -> Result<Option<Vec<u8>>, String> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(60)));
-    let _ = tcp.set_write_timeout(Some(Duration::from_secs(60)));
-    let mut cfg = conn.configure().map_err(|e| e.to_string())?.verify_hostname(false);
-    cfg.set_status_type(StatusType::OCSP).map_err(|e| e.to_string())?;
-    let mut s = cfg.connect("localhost", tcp).map_err(|e| format!("handshake: {e}"))?;
-    let staple = s.ssl().ocsp_status().map(|d| d.to_vec());
-    let _ = s.shutdown();
-    let mut buf = [0u8; 512];
-    loop {
-        match s.ssl_read(&mut buf) {
-            Ok(0) => break,
-            Ok(_) => continue,
-            Err(e) if e.code() == ErrorCode::ZERO_RETURN => break,
-            Err(_) => break,
-        }
-    }
-    let _ = s.get_mut().read(&mut buf);
-    Ok(staple)
-}
-
-/// Checks a stapled OCSPResponse: successful, signed by the issuer (chain to the test
-/// root), status good for our certificate, valid now.
-struct Validator {
-    store: X509Store,
-    chain: Stack<X509>,
-    leaf: X509,
-    issuer: X509,
-}
-
-impl Validator {
-    fn new(pki: &Pki, cert: &str) -> Validator {
-        let pem = |n: &str| X509::from_pem(&fs::read(pki.path(n)).unwrap()).unwrap();
-        let mut sb = X509StoreBuilder::new().unwrap();
-        sb.add_cert(pem("root.crt")).unwrap();
-        let mut chain = Stack::new().unwrap();
-        chain.push(pem("issuer.crt")).unwrap();
-        Validator { store: sb.build(), chain, leaf: pem(&format!("{cert}.crt")), issuer: pem("issuer.crt") }
-    }
-
-    fn valid(&self, der: &[u8]) -> bool {
-        let Ok(resp) = OcspResponse::from_der(der) else { return false };
-        if resp.status() != OcspResponseStatus::SUCCESSFUL {
-            return false;
-        }
-        let Ok(basic) = resp.basic() else { return false };
-        if basic.verify(&self.chain, &self.store, OcspFlag::empty()).is_err() {
-            return false;
-        }
-        for md in [MessageDigest::sha1(), MessageDigest::sha256()] {
-            let Ok(id) = OcspCertId::from_cert(md, &self.leaf, &self.issuer) else { continue };
-            if let Some(st) = basic.find_status(&id) {
-                return st.status == OcspCertStatus::GOOD && st.check_validity(300, None).is_ok();
-            }
-        }
-        false
-    }
+/// Options for `kind` as in benches/compare.rs, but prefork with one process.
+/// `md_store` is mod_md's store directory.
+fn options(kind: Kind, pki: &Pki, root: &Path, md_store: &Path, set: &Settings) -> ApacheOptions {
+    kind.options(pki, &set.cert, Mpm::Prefork, 1, root, md_store)
 }
 
 // ---------------------------------------------------------------------------
@@ -470,7 +291,7 @@ fn run_once(kind: Kind, n: u64, pki: &Pki, base: &Path, set: &Settings) -> Resul
     fs::create_dir_all(&root).map_err(|e| e.to_string())?;
     let root = fs::canonicalize(&root).map_err(|e| e.to_string())?;
     let md_store = base.join("md-store"); // shared by both mod_md runs (see main)
-    let opts = kind.options(pki, &root, &md_store, &set.cert);
+    let opts = options(kind, pki, &root, &md_store, set);
     let (port, apache) = prepare_server_root(&root, &opts);
     // Apache drops privileges (User www-data) before callgrind writes its files:
     // ROOT/var belongs to www-data. %p: the startup helper mod_stapling forks
@@ -503,12 +324,12 @@ fn run_once(kind: Kind, n: u64, pki: &Pki, base: &Path, set: &Settings) -> Resul
         return Err(context(if exited { "apache2 -X exited during startup" } else { "not listening within 60 s" }));
     }
 
-    let conn = connector(set.tls13);
+    let client = Client::new(set.proto(), CLIENT_TIMEOUT);
     let v = Validator::new(pki, &set.cert);
     let mut c = Counts::default();
     let mut done = 0;
     while done < n {
-        match handshake(&conn, port) {
+        match client.handshake(port, true) {
             Ok(staple) => {
                 if let Some(d) = staple {
                     c.stapled += 1;
@@ -627,31 +448,11 @@ fn fmt_signed(x: f64) -> String {
     }
 }
 
-fn cmd_first_line(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| {
-            let mut t = String::from_utf8_lossy(&o.stdout).into_owned();
-            t.push_str(&String::from_utf8_lossy(&o.stderr));
-            t.lines().next().unwrap_or("").trim().to_string()
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
 fn machine() -> Vec<(String, String)> {
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "?".into());
     vec![
-        ("CPU".into(), format!("{cpu} ({} CPUs)", nproc())),
-        ("kernel".into(), fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()),
-        ("Apache".into(), cmd_first_line(APACHE_BIN, &["-v"]).trim_start_matches("Server version: ").to_string()),
+        ("CPU".into(), format!("{} ({} CPUs)", cpu_model(), nproc())),
+        ("kernel".into(), kernel_release()),
+        ("Apache".into(), apache_version()),
         ("OpenSSL".into(), cmd_first_line("openssl", &["version"])),
         ("valgrind".into(), cmd_first_line("valgrind", &["--version"])),
     ]
@@ -671,8 +472,8 @@ fn report(set: &Settings, results: &[Measured], machine: &[(String, String)], to
          Per handshake = (Ir({n2}) − Ir({n1})) / {d} over the thread that serves the connections; \
          startup and the first handshakes cancel out. Background threads run on a timer and are \
          given per second of wall time.\n",
-        set.tls_label(),
-        set.cert_label(),
+        set.proto().label(),
+        cert_label(&set.cert),
         n1 = set.n1,
         n2 = set.n2,
         d = set.n2 - set.n1,
@@ -797,7 +598,7 @@ fn report(set: &Settings, results: &[Measured], machine: &[(String, String)], to
         set.n1,
         set.n2,
         if set.tls13 { "1.3" } else { "1.2" },
-        if set.cert == "leaf-ec" { "ec" } else { "rsa" }
+        cert_setting(&set.cert)
     );
     let _ = writeln!(o, "- total run time: {:.0} s", took.as_secs_f64());
     o
@@ -807,21 +608,17 @@ fn report(set: &Settings, results: &[Measured], machine: &[(String, String)], to
 // main
 // ---------------------------------------------------------------------------
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| manifest_dir().join("target"))
-}
-
 /// Runs mod_md once normally (not under valgrind) until it staples, so that its store
 /// holds a response and the measured runs staple from their first handshake (mod_md
 /// fetches in a watchdog, asynchronously; a fresh store means no staple at first).
 fn seed_md_store(pki: &Pki, base: &Path, set: &Settings) -> Result<(), String> {
     let root = base.join("mod_md-seed");
     let md_store = base.join("md-store");
-    let mut opts = Kind::ModMd.options(pki, &root, &md_store, &set.cert);
+    let mut opts = options(Kind::ModMd, pki, &root, &md_store, set);
     opts.server_root = Some(root);
     let mut a = Apache::start(opts).map_err(|e| format!("mod_md seeding run: {e}"))?;
-    let conn = connector(set.tls13);
-    let ok = wait_until(Duration::from_secs(30), || matches!(handshake(&conn, a.port()), Ok(Some(_))));
+    let client = Client::new(set.proto(), CLIENT_TIMEOUT);
+    let ok = wait_until(Duration::from_secs(30), || matches!(client.handshake(a.port(), true), Ok(Some(_))));
     a.stop();
     if ok {
         Ok(())
@@ -839,8 +636,8 @@ fn main() {
         "[cost] module {}; servers {:?}; {}, {}; {} and {} handshakes per server; {} parallel run(s)",
         so.display(),
         set.servers.iter().map(|k| k.label()).collect::<Vec<_>>(),
-        set.tls_label(),
-        set.cert_label(),
+        set.proto().label(),
+        cert_label(&set.cert),
         set.n1,
         set.n2,
         set.jobs
