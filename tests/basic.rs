@@ -102,6 +102,7 @@ fn bad_directives_fail_the_config_test_naming_the_directive() {
         ("StaplingCache nosuch:/x", "StaplingCache"),
         ("StaplingUseNonce 2", "StaplingUseNonce"),
         ("<VirtualHost 127.0.0.1:1>\nStaplingStore /tmp/x\n</VirtualHost>", "StaplingStore"),
+        ("<Directory /tmp>\nStapling on\n</Directory>", "Stapling"),
     ] {
         let (ok, out) = apachectl_test(line);
         assert!(!ok, "{line}: config test passed:\n{out}");
