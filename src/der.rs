@@ -117,16 +117,29 @@ pub fn add_request_nonce(request_der: &[u8], nonce: &[u8]) -> Option<Vec<u8>> {
     Some(encode(SEQUENCE, &[&tbs_new[..], after_tbs].concat()))
 }
 
-/// The nonce a response echoes, as raw bytes (the inner OCTET STRING's content, or the
-/// whole value if a responder sent it unwrapped).
-pub fn response_nonce(response_der: &[u8]) -> Option<Vec<u8>> {
+/// The BasicOCSPResponse inside a DER OCSPResponse, as its SEQUENCE's content.
+fn basic_response(response_der: &[u8]) -> Option<&[u8]> {
     let (resp, _) = read(response_der)?;
     let parts = children(resp.content)?;
     let bytes = parts.iter().find(|t| t.tag == 0xa0)?; // [0] EXPLICIT ResponseBytes
     let (rb, _) = read(bytes.content)?;
     let rb_parts = children(rb.content)?;
     let (basic, _) = read(rb_parts.get(1)?.content)?;
-    let (tbs, _) = read(basic.content)?;
+    Some(basic.content)
+}
+
+/// The DER of each certificate a response carries (BasicOCSPResponse `certs`).
+pub fn response_certs(response_der: &[u8]) -> Option<Vec<&[u8]>> {
+    let parts = children(basic_response(response_der)?)?;
+    let Some(wrapper) = parts.iter().find(|t| t.tag == 0xa0) else { return Some(Vec::new()) };
+    let (seq, _) = read(wrapper.content)?;
+    Some(children(seq.content)?.into_iter().map(|c| c.whole).collect())
+}
+
+/// The nonce a response echoes, as raw bytes (the inner OCTET STRING's content, or the
+/// whole value if a responder sent it unwrapped).
+pub fn response_nonce(response_der: &[u8]) -> Option<Vec<u8>> {
+    let (tbs, _) = read(basic_response(response_der)?)?;
     // ResponseData: [0] version?, responderID ([1] byName or [2] byKey), producedAt,
     // responses, [1] responseExtensions?. byName shares the [1] tag with the
     // extensions, so find them by position: two after producedAt (GeneralizedTime).

@@ -106,7 +106,7 @@ pub fn validate(der_bytes: &[u8], cert: &CertInfo, policy: &Policy, now: i64) ->
         return Err(Rejection::ResponderError(response_status_name(status)));
     }
     let basic = response.basic().map_err(|_| Rejection::NotBasic)?;
-    verify_signature(&basic, cert)?;
+    verify_signature(&basic, der_bytes, cert)?;
     let id = OcspCertId::from_cert(MessageDigest::sha1(), &cert.leaf, &cert.issuer)
         .map_err(|e| Rejection::NotOcsp(first_error(&e)))?;
     let single = basic.find_status(&id).ok_or(Rejection::WrongCert)?;
@@ -129,7 +129,11 @@ pub fn validate(der_bytes: &[u8], cert: &CertInfo, policy: &Policy, now: i64) ->
     Ok(Verified { status, this_update, next_update })
 }
 
-fn verify_signature(basic: &openssl::ocsp::OcspBasicResponseRef, cert: &CertInfo) -> Result<(), Rejection> {
+fn verify_signature(
+    basic: &openssl::ocsp::OcspBasicResponseRef,
+    der_bytes: &[u8],
+    cert: &CertInfo,
+) -> Result<(), Rejection> {
     let bad = |e: openssl::error::ErrorStack| Rejection::BadSignature(first_error(&e));
     // The issuer is the trust anchor: it either signed the response itself or issued
     // the delegated responder certificate (which OpenSSL then requires to carry the
@@ -140,7 +144,25 @@ fn verify_signature(basic: &openssl::ocsp::OcspBasicResponseRef, cert: &CertInfo
     let store = store.build();
     let mut certs: Stack<X509> = Stack::new().map_err(bad)?;
     certs.push(cert.issuer.clone()).map_err(bad)?;
-    basic.verify(&certs, &store, OcspFlag::empty()).map_err(bad)
+    basic.verify(&certs, &store, OcspFlag::empty()).map_err(bad)?;
+    check_carried_certs(der_bytes, cert)
+}
+
+/// Some clients (Go's x/crypto/ocsp, for one) check the response against the certificates
+/// it carries rather than the issuer they already know. So every carried certificate must
+/// be the issuer itself or one the issuer signed; anything else is refused.
+fn check_carried_certs(der_bytes: &[u8], cert: &CertInfo) -> Result<(), Rejection> {
+    let carried = der::response_certs(der_bytes).ok_or_else(|| Rejection::NotOcsp("unreadable certificates".into()))?;
+    let issuer_der = cert.issuer.to_der().map_err(|e| Rejection::BadSignature(first_error(&e)))?;
+    let issuer_key = cert.issuer.public_key().map_err(|e| Rejection::BadSignature(first_error(&e)))?;
+    for der_cert in carried {
+        let ok = der_cert == issuer_der.as_slice()
+            || X509::from_der(der_cert).ok().and_then(|c| c.verify(&issuer_key).ok()).unwrap_or(false);
+        if !ok {
+            return Err(Rejection::BadSignature("it carries a certificate the issuer did not sign".into()));
+        }
+    }
+    Ok(())
 }
 
 fn check_times(this_update: i64, next_update: Option<i64>, policy: &Policy, now: i64) -> Result<(), Rejection> {
@@ -211,6 +233,41 @@ mod tests {
 
     fn assert_close(actual: i64, expected: i64, what: &str) {
         assert!((actual - expected).abs() <= 120, "{what} is {actual}, expected about {expected}");
+    }
+
+    /// Hostile bytes: thousands of mutations of a real response (flipped bits, cuts,
+    /// inserted bytes) never panic and are all refused, including flips inside the
+    /// certificate the response carries, which the signature does not cover.
+    #[test]
+    fn mutated_responses_never_panic_and_never_pass() {
+        let good = good_leaf_response();
+        let cert = testpki::cert_info("leaf");
+        let now = crate::engine::unix_now();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut accepted = 0;
+        for _ in 0..3000 {
+            let mut bytes = good.clone();
+            for _ in 0..1 + next() % 3 {
+                let at = (next() as usize) % bytes.len();
+                match next() % 3 {
+                    0 => bytes[at] ^= 1 << (next() % 8),
+                    1 => bytes.truncate(at.max(1)),
+                    _ => bytes.insert(at, next() as u8),
+                }
+            }
+            let _ = crate::der::response_nonce(&bytes);
+            if validate(&bytes, &cert, &policy(), now).is_ok() {
+                accepted += 1;
+            }
+        }
+        // Signed parts cannot change, and carried certificates must still be the issuer's.
+        assert_eq!(accepted, 0, "mutated responses accepted");
     }
 
     #[test]

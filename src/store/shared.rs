@@ -529,27 +529,29 @@ mod tests {
         let r: Arc<Vec<AtomicU64>> = Arc::new(region(1));
         let s = SharedStore::attach(&r, 1024).unwrap();
         s.assign(&[[9; 20]], 0).unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let writer = {
-            let r = Arc::clone(&r);
+            let (r, seen) = (Arc::clone(&r), Arc::clone(&seen));
             std::thread::spawn(move || {
                 let s = SharedStore::attach(&r, 1024).unwrap();
-                for i in 0..20_000u32 {
-                    let b = (i % 251) as u8;
-                    let der = vec![b; 200 + (i as usize % 700)];
+                // Keep writing until the reader has checked enough reads made meanwhile.
+                let mut i = 0usize;
+                while seen.load(Ordering::Relaxed) < 2000 && i < 50_000_000 {
+                    let der = vec![(i % 251) as u8; 200 + i % 700];
                     s.publish(0, &publish(&der, i64::MAX)).unwrap();
+                    i += 1;
                 }
             })
         };
         let mut out = StapleBuffer::default();
-        let mut seen = 0;
         while !writer.is_finished() {
             if s.read(0, &[9; 20], 0, &mut out).is_some() {
                 let b = out.bytes();
                 assert!(b.iter().all(|&x| x == b[0]), "torn read");
-                seen += 1;
+                seen.fetch_add(1, Ordering::Relaxed);
             }
         }
         writer.join().unwrap();
-        assert!(seen > 0);
+        assert!(seen.load(Ordering::Relaxed) >= 2000, "reads checked while writing");
     }
 }
