@@ -17,12 +17,17 @@ ocsp_port=$(free_port)
 https_port=$(free_port)
 responder_pid=""
 cleanup() {
+  # Every process this demo started: Apache (by PID file, and any left by an interrupted
+  # start, found by its private config path) and the responder.
   [ -f "$work/run/httpd.pid" ] && kill "$(cat "$work/run/httpd.pid")" 2>/dev/null || true
+  pkill -TERM -f "$work/conf/httpd.conf" 2>/dev/null || true
   [ -n "$responder_pid" ] && kill "$responder_pid" 2>/dev/null || true
-  sleep 1
+  for _ in $(seq 50); do pgrep -f "$work/conf/httpd.conf" >/dev/null || break; sleep 0.1; done
+  pkill -KILL -f "$work/conf/httpd.conf" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 echo "== throwaway CA, server certificate with OCSP URL http://127.0.0.1:$ocsp_port/"
 scripts/mkpki.sh "$work/pki" "http://127.0.0.1:$ocsp_port/"
