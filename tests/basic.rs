@@ -34,39 +34,33 @@ fn module_exports_its_symbol() {
 
 #[test]
 fn staples_a_verified_response_prefork() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
-    let _responder = Responder::openssl(&pki, rport);
-    let apache = Apache::start(stapling_opts(&pki, Mpm::Prefork, 3)).expect("apache");
+    let fx = Fixture::openssl();
+    let pki = &fx.pki;
+    let apache = Apache::start(stapling_opts(pki, Mpm::Prefork, 3)).expect("apache");
     assert_eq!(apache.child_pids().len(), 3);
-    assert_stapled_good(&apache, &pki);
+    assert_stapled_good(&apache, pki);
     assert!(apache.error_log().contains("OCSP stapling ready: 1 of 1"), "{}", apache.error_log());
 }
 
 #[test]
 fn staples_a_verified_response_event() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
-    let _responder = Responder::openssl(&pki, rport);
-    let apache = Apache::start(stapling_opts(&pki, Mpm::Event, 3)).expect("apache");
-    assert_stapled_good(&apache, &pki);
+    let fx = Fixture::openssl();
+    let pki = &fx.pki;
+    let apache = Apache::start(stapling_opts(pki, Mpm::Event, 3)).expect("apache");
+    assert_stapled_good(&apache, pki);
 }
 
 #[test]
 fn compatibility_mode_serves_ssl_use_stapling_vhosts() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
-    let responder = Responder::fixture(&pki, rport);
-    let mut opts = ApacheOptions::for_pki(&pki);
+    let fx = Fixture::new("mode=good");
+    let (pki, responder) = (&fx.pki, &fx.responder);
+    let mut opts = ApacheOptions::for_pki(pki);
     opts.global_conf = "SSLStaplingCache shmcb:ssl_stapling(8192)\n\
                         SSLStaplingReturnResponderErrors off\n"
         .into();
     opts.vhost_conf = "SSLUseStapling on\nSSLStaplingResponderTimeout 5\n".into();
     let apache = Apache::start(opts).expect("apache");
-    assert_stapled_good(&apache, &pki);
+    assert_stapled_good(&apache, pki);
     // mod_ssl's own code would fetch again on the first handshake: only our startup
     // fetch reached the responder.
     assert_eq!(responder.requests(), 1, "{}", apache.error_log());
@@ -78,16 +72,14 @@ fn compatibility_mode_serves_ssl_use_stapling_vhosts() {
 
 #[test]
 fn loading_before_mod_ssl_is_reported() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
-    let _responder = Responder::openssl(&pki, rport);
-    let mut opts = stapling_opts(&pki, Mpm::Prefork, 1);
+    let fx = Fixture::openssl();
+    let pki = &fx.pki;
+    let mut opts = stapling_opts(pki, Mpm::Prefork, 1);
     opts.load_order_ssl_first = false;
     let apache = Apache::start(opts).expect("apache");
     assert!(apache.error_log().contains("mod_stapling is loaded before mod_ssl"), "{}", apache.error_log());
     // Our own directive still works in that order.
-    assert_stapled_good(&apache, &pki);
+    assert_stapled_good(&apache, pki);
 }
 
 #[test]
@@ -140,10 +132,8 @@ fn vhost_without_issuer_in_chain_gets_an_error_line() {
 
 #[test]
 fn bad_responder_answers_are_never_stapled_and_apache_keeps_serving() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
-    let responder = Responder::fixture(&pki, rport);
+    let fx = Fixture::new("mode=good");
+    let (pki, responder) = (&fx.pki, &fx.responder);
     let ca = pki.path("root.crt");
     for (mode, reason) in [
         ("bad_signature", "signature does not verify"),
@@ -162,7 +152,7 @@ fn bad_responder_answers_are_never_stapled_and_apache_keeps_serving() {
         ("wrong_content_type", "wrong Content-Type"),
     ] {
         responder.set(&format!("mode={mode}"));
-        let mut opts = ApacheOptions::for_pki(&pki);
+        let mut opts = ApacheOptions::for_pki(pki);
         opts.vhost_conf = "Stapling on\nStaplingResponderTimeout 3\n".into();
         let apache = Apache::start(opts).unwrap_or_else(|e| panic!("{mode}: {e}"));
         let r = handshake(apache.port(), &ca, None);
@@ -177,19 +167,17 @@ fn bad_responder_answers_are_never_stapled_and_apache_keeps_serving() {
     }
     // A delegated responder with the OCSPSigning EKU is fine.
     responder.set("mode=delegated");
-    let mut opts = ApacheOptions::for_pki(&pki);
+    let mut opts = ApacheOptions::for_pki(pki);
     opts.vhost_conf = "Stapling on\n".into();
     let apache = Apache::start(opts).expect("apache");
-    assert_stapled_good(&apache, &pki);
+    assert_stapled_good(&apache, pki);
 }
 
 #[test]
 fn a_store_too_small_for_the_certificates_is_an_error_at_startup() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
-    let _responder = Responder::openssl(&pki, rport);
-    let mut opts = stapling_opts(&pki, Mpm::Prefork, 1);
+    let fx = Fixture::openssl();
+    let pki = &fx.pki;
+    let mut opts = stapling_opts(pki, Mpm::Prefork, 1);
     opts.global_conf = "StaplingCache shmcb:/unused(8192)\n".into();
     let apache = Apache::start(opts).expect("apache");
     let log = apache.error_log();
@@ -217,31 +205,27 @@ fn force_url_overrides_the_certificates_responder() {
 
 #[test]
 fn nonce_is_sent_and_checked_when_configured() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
     // openssl ocsp echoes the request's nonce.
-    let _responder = Responder::openssl(&pki, rport);
-    let mut opts = stapling_opts(&pki, Mpm::Event, 2);
+    let fx = Fixture::openssl();
+    let pki = &fx.pki;
+    let mut opts = stapling_opts(pki, Mpm::Event, 2);
     opts.vhost_conf.push_str("StaplingUseNonce on\n");
     let apache = Apache::start(opts).expect("apache");
-    assert_stapled_good(&apache, &pki);
+    assert_stapled_good(&apache, pki);
 }
 
 #[test]
 fn log_lines_follow_the_modules_own_log_level() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
-    let _responder = Responder::openssl(&pki, rport);
+    let fx = Fixture::openssl();
+    let pki = &fx.pki;
     // The harness sets LogLevel stapling:debug.
-    let apache = Apache::start(stapling_opts(&pki, Mpm::Prefork, 1)).expect("apache");
+    let apache = Apache::start(stapling_opts(pki, Mpm::Prefork, 1)).expect("apache");
     assert!(apache.log_count("[stapling:debug]") > 0, "{}", apache.error_log());
     drop(apache);
-    let mut opts = stapling_opts(&pki, Mpm::Prefork, 1);
+    let mut opts = stapling_opts(pki, Mpm::Prefork, 1);
     opts.global_conf = "LogLevel info stapling:warn\n".into();
     let apache = Apache::start(opts).expect("apache");
-    assert_stapled_good(&apache, &pki);
+    assert_stapled_good(&apache, pki);
     let log = apache.error_log();
     assert!(log.contains("[ssl:info]"), "other modules still log at info:\n{log}");
     assert!(!log.contains("[stapling:info]") && !log.contains("[stapling:debug]"), "{log}");
@@ -249,11 +233,9 @@ fn log_lines_follow_the_modules_own_log_level() {
 
 #[test]
 fn compatibility_off_leaves_ssl_use_stapling_to_mod_ssl() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let pki = Pki::create(tmp.path(), &ocsp_url(rport));
-    let responder = Responder::fixture(&pki, rport);
-    let mut opts = ApacheOptions::for_pki(&pki);
+    let fx = Fixture::new("mode=good");
+    let (pki, responder) = (&fx.pki, &fx.responder);
+    let mut opts = ApacheOptions::for_pki(pki);
     opts.global_conf = "StaplingCompatibility Off\nSSLStaplingCache shmcb:ssl_stapling(65536)\n".into();
     opts.vhost_conf = "SSLUseStapling on\n".into();
     let apache = Apache::start(opts).expect("apache");

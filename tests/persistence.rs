@@ -16,6 +16,12 @@ fn opts(s: &Fixture, vhost_extra: &str) -> ApacheOptions {
     o
 }
 
+fn must_staple_opts(s: &Fixture) -> ApacheOptions {
+    let mut o = ApacheOptions::new(s.pki.path("muststaple-chain.crt"), s.pki.path("muststaple.key"));
+    o.vhost_conf = "Stapling on\n".into();
+    o
+}
+
 fn store_dir(apache: &Apache) -> PathBuf {
     apache.root().join("stapling")
 }
@@ -89,9 +95,7 @@ fn stored_response_that_expired_meanwhile_is_not_stapled() {
 #[test]
 fn must_staple_certificate_is_stapled_from_the_first_handshake() {
     let s = Fixture::new("mode=good");
-    let mut o = ApacheOptions::new(s.pki.path("muststaple-chain.crt"), s.pki.path("muststaple.key"));
-    o.vhost_conf = "Stapling on\n".into();
-    let apache = Apache::start(o).expect("apache");
+    let apache = Apache::start(must_staple_opts(&s)).expect("apache");
     let r = s.staple(&apache);
     assert!(r.stapled && r.cert_status.as_deref() == Some("good"), "{}", r.raw);
     let (ok, out) = curl_cert_status(apache.port(), &s.pki.path("root.crt"));
@@ -101,9 +105,7 @@ fn must_staple_certificate_is_stapled_from_the_first_handshake() {
 #[test]
 fn must_staple_without_a_response_is_an_error_at_startup() {
     let s = Fixture::new("mode=http500");
-    let mut o = ApacheOptions::new(s.pki.path("muststaple-chain.crt"), s.pki.path("muststaple.key"));
-    o.vhost_conf = "Stapling on\n".into();
-    let apache = Apache::start(o).expect("apache");
+    let apache = Apache::start(must_staple_opts(&s)).expect("apache");
     let log = apache.error_log();
     assert!(
         log.lines().any(|l| l.contains("[stapling:error]") && l.contains("must-staple") && l.contains("refuse")),

@@ -29,7 +29,7 @@ pub(super) fn start_generation(s: *mut ffi::server_rec, registry: Registry) -> O
     // SAFETY: `s` is the live main server; process is set for its whole life.
     let process_pool = unsafe { (*(*s).process).pool };
     let words = match shm::region(process_pool, region_words(slots, DEFAULT_SLOT_DER_BYTES)) {
-        Ok((words, _reused)) => words,
+        Ok(words) => words,
         Err(e) => {
             error!("{e}; OCSP stapling is off until the next restart");
             return None;

@@ -18,8 +18,8 @@ struct Region {
 }
 
 /// The shared region of at least `words` words, reusing the one mapped before a restart
-/// when it is large enough. Returns the words and whether they were reused.
-pub(crate) fn region(process_pool: *mut ffi::apr_pool_t, words: usize) -> Result<(&'static [AtomicU64], bool), String> {
+/// when it is large enough.
+pub(crate) fn region(process_pool: *mut ffi::apr_pool_t, words: usize) -> Result<&'static [AtomicU64], String> {
     let existing = pool::userdata_get(process_pool, USERDATA_KEY).cast::<Region>();
     if !existing.is_null() {
         // SAFETY: the userdata was set by this function to a Region in process-pool
@@ -29,7 +29,7 @@ pub(crate) fn region(process_pool: *mut ffi::apr_pool_t, words: usize) -> Result
             // SAFETY: base..base+words*8 is a live MAP_SHARED mapping that is never
             // unmapped while the process lives; AtomicU64 has u64's layout and the
             // mapping is page-aligned.
-            return Ok((unsafe { std::slice::from_raw_parts(r.base.cast::<AtomicU64>(), r.words) }, true));
+            return Ok(unsafe { std::slice::from_raw_parts(r.base.cast::<AtomicU64>(), r.words) });
         }
         // Too small: map a bigger one. The old mapping stays for children of the old
         // generation, which still read it until they exit.
@@ -58,5 +58,5 @@ pub(crate) fn region(process_pool: *mut ffi::apr_pool_t, words: usize) -> Result
     unsafe { record.write(Region { base, words }) };
     pool::userdata_set(process_pool, USERDATA_KEY, record.cast());
     // SAFETY: as above; anonymous mappings are zero-filled, and zero is a valid AtomicU64.
-    Ok((unsafe { std::slice::from_raw_parts(base.cast::<AtomicU64>(), words) }, false))
+    Ok(unsafe { std::slice::from_raw_parts(base.cast::<AtomicU64>(), words) })
 }

@@ -1207,6 +1207,16 @@ impl Fixture {
         Fixture { _tmp: tmp, pki, responder }
     }
 
+    /// A throwaway PKI with `openssl ocsp` as the responder: the reference implementation,
+    /// not controllable.
+    pub fn openssl() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let rport = free_port();
+        let pki = Pki::create(tmp.path(), &ocsp_url(rport));
+        let responder = Responder::openssl(&pki, rport);
+        Fixture { _tmp: tmp, pki, responder }
+    }
+
     /// A completed handshake with `apache`, verified against the test root.
     pub fn staple(&self, apache: &Apache) -> StapleResult {
         handshake(apache.port(), &self.pki.path("root.crt"), None)
