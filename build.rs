@@ -53,6 +53,8 @@ fn main() {
         .allowlist_function("ap_mpm_query|ap_server_root_relative|ap_state_query|ap_ssl_add_cert_files|apr_array_make")
         .allowlist_var("ap_unixd_config|ap_top_module|ap_server_conf")
         .allowlist_var("MODULE_MAGIC_.*|AP_MPMQ_.*|AP_SQ_.*|GLOBAL_ONLY|NOT_IN_.*|APLOG_.*")
+        // The hook types, so that each Rust hook function is checked against its C type.
+        .allowlist_type("ap_HOOK_(pre_config|post_config|child_init|ssl_ocsp_prime_hook|ssl_ocsp_get_resp_hook)_t")
         .allowlist_function("stapling_shim_.*")
         .allowlist_var("stapling_shim_.*")
         .derive_default(false)

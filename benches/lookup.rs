@@ -4,12 +4,16 @@
 
 use std::hint::black_box;
 use std::sync::atomic::AtomicU64;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mod_stapling::cert::CertInfo;
 use mod_stapling::config::ServerConfig;
-use mod_stapling::engine::{unix_now, ManagedCert, Runtime};
-use mod_stapling::store::{region_words, Publish, SharedStore, SlotStatus, StapleBuffer, DEFAULT_SLOT_DER_BYTES};
+use mod_stapling::engine::{ManagedCert, Runtime};
+use mod_stapling::store::{
+    region_words, Publish, Schedule, SharedStore, SlotStatus, StapleBuffer, DEFAULT_SLOT_DER_BYTES,
+};
+use mod_stapling::time::{Clock, SystemClock, UnixTime};
 use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
 use openssl::hash::MessageDigest;
@@ -57,17 +61,20 @@ fn runtime(certs: usize) -> Runtime {
             }
         })
         .collect();
-    let rt = Runtime::new(store, managed, None).unwrap();
+    let rt = Runtime::new(store, managed, None, Arc::new(SystemClock)).unwrap();
     let der = vec![0x30u8; 1500]; // a typical directly-signed response
+    let now = SystemClock.now();
     for &slot in &rt.slots {
         let p = Publish {
             der: &der,
             status: SlotStatus::Good,
-            this_update: 0,
-            next_update: 0,
-            staple_until: unix_now() + 3600,
+            this_update: UnixTime::EPOCH,
+            next_update: None,
+            staple_until: now.plus(Duration::from_secs(3600)),
         };
-        rt.store.publish(slot, &p).unwrap();
+        let lease = rt.store.try_lease(slot, now, Duration::from_secs(60)).unwrap();
+        rt.store.publish(&lease, &p, now).unwrap();
+        rt.store.release(lease, Schedule { next_fetch: None, failures: 0, fetched_ok_at: None }).unwrap();
     }
     rt
 }

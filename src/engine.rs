@@ -1,27 +1,25 @@
 //! The stapling engine: which certificates we serve, and how one refresh goes.
 //! Safe Rust; Apache reaches it through `apache::entry`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use log::{debug, error, info, warn};
 
 use crate::cert::{CertInfo, CertKey, KeyMap};
 use crate::config::Effective;
-use crate::ocsp::{self, CertStatus, FetchError, Policy, Verified};
+use crate::ocsp::{self, CertStatus, Policy, Verified};
 use crate::refresh;
-use crate::store::{DiskStore, Publish, SharedStore, SlotStatus, StapleBuffer};
+use crate::store::{DiskStore, Lease, Publish, Published, Schedule, SharedStore, SlotStatus, StapleBuffer, StoreError};
+use crate::time::Clock;
+use crate::transport::{HttpTransport, Stop, Transport};
 
 /// Fetches the startup helper runs at once.
 const STARTUP_PARALLELISM: usize = 32;
-
-/// Seconds since the epoch.
-pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-fn unix_now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+/// A lease outlives the responder timeout by this much.
+const LEASE_SLACK: Duration = Duration::from_secs(10);
+/// How long restoring one stored response may hold its slot's lease.
+const RESTORE_LEASE: Duration = Duration::from_secs(10);
 
 /// A uniform value in [0, 1) for jitter.
 fn jitter() -> f64 {
@@ -123,21 +121,8 @@ pub struct Runtime {
     pub disk: Option<DiskStore>,
     /// The store generation this runtime belongs to.
     pub generation: u64,
-}
-
-/// Fetches the bytes of a response. The real one is HTTP; tests may substitute.
-pub trait Transport: Sync {
-    /// POSTs `request` to `url` within `timeout`.
-    fn fetch(&self, url: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>, FetchError>;
-}
-
-/// HTTP/1.1 to the responder.
-pub struct HttpTransport;
-
-impl Transport for HttpTransport {
-    fn fetch(&self, url: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>, FetchError> {
-        ocsp::fetch(url, request, timeout)
-    }
+    /// Where "now" comes from.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The result of one refresh attempt.
@@ -147,8 +132,15 @@ pub enum Attempt {
     Skipped,
     /// A new response was published.
     Published(SlotStatus),
+    /// The fetched response was valid, but the store already holds a newer one.
+    KeptNewer,
     /// The fetch or the validation failed; the old response (if any) stays.
     Failed(String),
+    /// The lease expired while fetching and another process took over: the result
+    /// was dropped.
+    LostLease,
+    /// This process is stopping: the fetch was abandoned.
+    Stopped,
 }
 
 impl Runtime {
@@ -157,12 +149,13 @@ impl Runtime {
         store: SharedStore<'static>,
         certs: Vec<ManagedCert>,
         disk: Option<DiskStore>,
-    ) -> Result<Runtime, crate::store::StoreError> {
+        clock: Arc<dyn Clock>,
+    ) -> Result<Runtime, StoreError> {
         let keys: Vec<CertKey> = certs.iter().map(|c| c.info.key).collect();
-        let slots = store.assign(&keys, unix_now_ms())?;
+        let slots = store.assign(&keys, clock.now())?;
         let by_key = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
         let generation = store.bump_generation();
-        Ok(Runtime { store, certs, slots, by_key, disk, generation })
+        Ok(Runtime { store, certs, slots, by_key, disk, generation, clock })
     }
 
     /// The handshake path: copy the stapleable response for `key` into `out`.
@@ -170,7 +163,7 @@ impl Runtime {
     /// there is nothing to staple right now.
     pub fn staple(&self, key: &CertKey, out: &mut StapleBuffer) -> Option<bool> {
         let i = *self.by_key.get(key)?;
-        Some(self.store.read(self.slots[i], key, unix_now(), out).is_some())
+        Some(self.store.read(self.slots[i], key, self.clock.now(), out).is_some())
     }
 
     /// True once a newer configuration generation took over the store.
@@ -178,12 +171,14 @@ impl Runtime {
         self.store.generation() != self.generation
     }
 
+    /// How many certificates have a response that may be stapled now.
+    pub fn stapled_count(&self) -> usize {
+        let now = self.clock.now();
+        self.slots.iter().filter(|&&slot| self.store.state(slot).stapleable_at(now)).count()
+    }
+
     fn policy(cert: &ManagedCert, nonce: Option<Vec<u8>>) -> Policy {
-        Policy {
-            time_skew: cert.settings.time_skew.as_secs() as i64,
-            max_age: cert.settings.max_age.map(|d| d.as_secs() as i64),
-            nonce,
-        }
+        Policy { time_skew: cert.settings.time_skew, max_age: cert.settings.max_age, nonce }
     }
 
     /// Loads and re-validates the stored response for certificate `i` if the shared
@@ -191,90 +186,76 @@ impl Runtime {
     /// stored response was published.
     pub fn restore_from_disk(&self, i: usize) -> bool {
         let (cert, slot) = (&self.certs[i], self.slots[i]);
-        if self.disk.is_none() || self.store.state(slot).staple_until > unix_now() {
+        let now = self.clock.now();
+        if self.disk.is_none() || self.store.state(slot).stapleable_at(now) {
             return false;
         }
         // A refresher of the previous generation may be publishing into this slot.
-        let now_ms = unix_now_ms();
-        if !self.store.try_lease(slot, now_ms, now_ms + 10_000) {
+        let Some(lease) = self.store.try_lease(slot, now, RESTORE_LEASE) else { return false };
+        if !self.store.holds(slot, &cert.info.key) {
+            self.store.abandon(lease);
             return false;
         }
-        let restored = self.store.holds(slot, &cert.info.key) && self.load_stored(i);
-        if !restored {
-            let state = self.store.state(slot);
-            self.store.release(slot, state.next_fetch, state.failures, None);
-        }
-        restored
-    }
-
-    /// Validates the stored file of certificate `i` and publishes it (releasing the
-    /// lease); deletes it if it is not usable.
-    fn load_stored(&self, i: usize) -> bool {
-        let cert = &self.certs[i];
-        let Some(disk) = &self.disk else { return false };
-        let now = unix_now();
-        let path = disk.path(&cert.info.key);
-        let bytes = match disk.load(&cert.info.key) {
-            Ok(Some(b)) => b,
-            Ok(None) => return false,
-            Err(e) => {
-                warn!("stored response {} for {} is unreadable ({e}); deleting it", path.display(), cert.describe());
-                let _ = disk.remove(&cert.info.key);
-                return false;
+        match self.load_stored(i) {
+            Some((der, verified)) => {
+                let schedule = self.store.state(slot).schedule();
+                self.publish(i, lease, &der, &verified, schedule.failures, false)
+                    == Attempt::Published(slot_status(&verified))
             }
-        };
-        match ocsp::validate(&bytes, &cert.info, &Self::policy(cert, None), now) {
-            Ok(v) => {
-                let published = self.publish(i, &bytes, &v, now, false).is_ok();
-                if published {
-                    info!(
-                        "{}: stapling the stored response from {} until a fresh one is fetched",
-                        cert.info.label,
-                        path.display()
-                    );
-                }
-                published
-            }
-            Err(why) => {
-                warn!("stored response {} for {} is not usable ({why}); deleting it", path.display(), cert.describe());
-                let _ = disk.remove(&cert.info.key);
+            None => {
+                self.store.abandon(lease);
                 false
             }
         }
     }
 
-    /// One refresh attempt for certificate `i` if it is due and no other process is on it.
-    pub fn refresh_if_due(&self, i: usize, transport: &dyn Transport) -> Attempt {
+    /// The stored file of certificate `i`, validated; deletes it if it is not usable.
+    fn load_stored(&self, i: usize) -> Option<(Vec<u8>, Verified)> {
+        let cert = &self.certs[i];
+        let disk = self.disk.as_ref()?;
+        let path = disk.path(&cert.info.key);
+        let bytes = match disk.load(&cert.info.key) {
+            Ok(b) => b?,
+            Err(e) => {
+                warn!("stored response {} for {} is unreadable ({e}); deleting it", path.display(), cert.describe());
+                let _ = disk.remove(&cert.info.key);
+                return None;
+            }
+        };
+        match ocsp::validate(&bytes, &cert.info, &Self::policy(cert, None), self.clock.now()) {
+            Ok(v) => Some((bytes, v)),
+            Err(why) => {
+                warn!("stored response {} for {} is not usable ({why}); deleting it", path.display(), cert.describe());
+                let _ = disk.remove(&cert.info.key);
+                None
+            }
+        }
+    }
+
+    /// One refresh attempt for certificate `i` if it is due and no other process is on
+    /// it. `stop` abandons it (releasing the lease) when this process is stopping.
+    pub fn refresh_if_due(&self, i: usize, transport: &dyn Transport, stop: &Stop) -> Attempt {
         let (cert, slot) = (&self.certs[i], self.slots[i]);
-        let now = unix_now();
-        if !refresh::is_due(self.store.state(slot).next_fetch, now) {
+        if !refresh::is_due(self.store.state(slot).next_fetch, self.clock.now()) {
             return Attempt::Skipped;
         }
-        let lease_ms = (cert.settings.responder_timeout + Duration::from_secs(10)).as_millis() as u64;
-        let now_ms = unix_now_ms();
-        if !self.store.try_lease(slot, now_ms, now_ms + lease_ms) {
-            return Attempt::Skipped;
-        }
+        let lease_for = cert.settings.responder_timeout.saturating_add(LEASE_SLACK);
+        let Some(lease) = self.store.try_lease(slot, self.clock.now(), lease_for) else { return Attempt::Skipped };
         // Another process may have finished a refresh between our check and the lease,
         // or a new configuration may have given the slot to another certificate.
         let state = self.store.state(slot);
-        if !self.store.holds(slot, &cert.info.key) {
-            self.store.release(slot, state.next_fetch, state.failures, None);
-            return Attempt::Skipped;
-        }
-        if !refresh::is_due(state.next_fetch, unix_now()) {
-            self.store.release(slot, state.next_fetch, state.failures, None);
+        if !self.store.holds(slot, &cert.info.key) || !refresh::is_due(state.next_fetch, self.clock.now()) {
+            self.store.abandon(lease);
             return Attempt::Skipped;
         }
         match self.fetch_and_validate(cert, slot, transport) {
-            Ok((der, verified)) => {
-                let now = unix_now();
-                match self.publish(i, &der, &verified, now, true) {
-                    Ok(status) => Attempt::Published(status),
-                    Err(why) => self.record_failure(i, state.failures, why),
-                }
+            _ if stop.requested() => {
+                // Let another process take over at once rather than after the lease.
+                self.store.abandon(lease);
+                Attempt::Stopped
             }
-            Err(why) => self.record_failure(i, state.failures, why),
+            Ok((der, verified)) => self.publish(i, lease, &der, &verified, 0, true),
+            Err(why) => self.record_failure(i, lease, state.failures, why),
         }
     }
 
@@ -290,42 +271,55 @@ impl Runtime {
         let der = transport
             .fetch(&cert.url, &request, cert.settings.responder_timeout)
             .map_err(|e| format!("fetch from {} failed: {e}", cert.url))?;
-        let verified = ocsp::validate(&der, &cert.info, &Self::policy(cert, nonce), unix_now())
+        let verified = ocsp::validate(&der, &cert.info, &Self::policy(cert, nonce), self.clock.now())
             .map_err(|e| format!("response from {} rejected: {e}", cert.url))?;
         Ok((der, verified))
     }
 
-    /// Publishes a validated response, schedules the next fetch and releases the lease.
-    fn publish(&self, i: usize, der: &[u8], v: &Verified, now: i64, fresh: bool) -> Result<SlotStatus, String> {
-        let (cert, slot) = (&self.certs[i], self.slots[i]);
-        let skew = cert.settings.time_skew.as_secs() as i64;
+    /// Publishes a validated response under `lease`, schedules the next fetch and
+    /// releases the lease. `fresh` is false for a response restored from disk.
+    fn publish(&self, i: usize, lease: Lease, der: &[u8], v: &Verified, failures: u32, fresh: bool) -> Attempt {
+        let cert = &self.certs[i];
+        let now = self.clock.now();
+        let skew = cert.settings.time_skew;
         let plan = refresh::plan_success(v.this_update, v.next_update, now, skew, cert.settings.renew_window, jitter());
-        let status = match &v.status {
-            CertStatus::Good => SlotStatus::Good,
-            CertStatus::Revoked { .. } => SlotStatus::Revoked,
+        let previous = self.store.state(lease.slot());
+        let status = slot_status(v);
+        let publish = Publish {
+            der,
+            status,
+            this_update: v.this_update,
+            next_update: v.next_update,
+            staple_until: plan.staple_until,
         };
-        let previous = self.store.state(slot);
-        self.store
-            .publish(
-                slot,
-                &Publish {
-                    der,
-                    status,
-                    this_update: v.this_update,
-                    next_update: v.next_update.unwrap_or(0),
-                    staple_until: plan.staple_until,
-                },
-            )
-            .map_err(|e| e.to_string())?;
-        if fresh {
-            self.store.release(slot, plan.next_fetch, 0, Some(now));
-            self.save_to_disk(cert, der);
-        } else {
-            // A restored response: keep the schedule it implies, without a lease.
-            self.store.release(slot, plan.next_fetch, previous.failures, None);
+        let outcome = match self.store.publish(&lease, &publish, now) {
+            Ok(Published::Replaced) => Attempt::Published(status),
+            Ok(Published::KeptNewer) => Attempt::KeptNewer,
+            Err(StoreError::LostLease) => return self.lost_lease(cert),
+            Err(e) => return self.record_failure(i, lease, previous.failures, e.to_string()),
+        };
+        let schedule = Schedule { next_fetch: Some(plan.next_fetch), failures, fetched_ok_at: fresh.then_some(now) };
+        if self.store.release(lease, schedule).is_err() {
+            return self.lost_lease(cert);
         }
-        self.log_published(cert, v, &previous, plan.next_fetch - now, fresh);
-        Ok(status)
+        match outcome {
+            Attempt::Published(_) => {
+                if fresh {
+                    self.save_to_disk(cert, der);
+                }
+                self.log_published(cert, v, &previous, now.seconds_until(plan.next_fetch), fresh);
+            }
+            _ => debug!("{}: the store holds a newer response than the one just fetched; keeping it", cert.info.label),
+        }
+        outcome
+    }
+
+    fn lost_lease(&self, cert: &ManagedCert) -> Attempt {
+        debug!(
+            "{}: the refresh took longer than its lease and another process took over; dropping this result",
+            cert.info.label
+        );
+        Attempt::LostLease
     }
 
     fn save_to_disk(&self, cert: &ManagedCert, der: &[u8]) {
@@ -356,32 +350,41 @@ impl Runtime {
                 cert.describe(),
                 cert.url
             ),
-            CertStatus::Good if fresh && (previous.status == SlotStatus::Empty || previous.failures > 0) => {
+            CertStatus::Good if !fresh => {
+                info!("{}: stapling the stored response until a fresh one is fetched", cert.info.label)
+            }
+            CertStatus::Good if previous.status == SlotStatus::Empty || previous.failures > 0 => {
                 info!("{}: stapling a good response from {} (next refresh in {next_in}s)", cert.describe(), cert.url)
             }
             CertStatus::Good => debug!("{}: response refreshed (next refresh in {next_in}s)", cert.info.label),
         }
     }
 
-    fn record_failure(&self, i: usize, previous_failures: u32, why: String) -> Attempt {
-        let (cert, slot) = (&self.certs[i], self.slots[i]);
+    fn record_failure(&self, i: usize, lease: Lease, previous_failures: u32, why: String) -> Attempt {
+        let cert = &self.certs[i];
+        let slot = lease.slot();
         let failures = previous_failures.saturating_add(1);
-        let now = unix_now();
+        let now = self.clock.now();
         let next = refresh::retry_after_failure(failures, now, cert.info.must_staple, jitter());
-        self.store.release(slot, next, failures, None);
+        let schedule = Schedule { next_fetch: Some(next), failures, fetched_ok_at: None };
+        if self.store.release(lease, schedule).is_err() {
+            return self.lost_lease(cert);
+        }
         let state = self.store.state(slot);
-        let keeping = if state.staple_until > now {
-            format!("the last good response stays stapled until it expires in {}s", state.staple_until - now)
-        } else {
-            "nothing is stapled for it".to_string()
+        let stapled = state.stapleable_at(now);
+        let keeping = match state.staple_until.filter(|_| stapled) {
+            Some(until) => {
+                format!("the last good response stays stapled until it expires in {}s", now.seconds_until(until))
+            }
+            None => "nothing is stapled for it".to_string(),
         };
         let line = format!(
             "{}: {why}; {keeping}; retrying in {}s. Check that this server can reach the responder, \
              or set StaplingForceURL",
             cert.describe(),
-            next - now
+            now.seconds_until(next)
         );
-        if cert.info.must_staple && state.staple_until <= now {
+        if cert.info.must_staple && !stapled {
             error!("{line}. This certificate is must-staple: clients that honour it will refuse connections");
         } else if previous_failures == 0 {
             warn!("{line}");
@@ -397,6 +400,7 @@ impl Runtime {
         // Parallel, but with a bounded number of threads for servers with many certificates.
         let next = std::sync::atomic::AtomicUsize::new(0);
         let workers = self.certs.len().min(STARTUP_PARALLELISM);
+        let never = Stop::default();
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| loop {
@@ -405,34 +409,43 @@ impl Runtime {
                         return;
                     }
                     self.restore_from_disk(i);
-                    self.refresh_if_due(i, &HttpTransport);
+                    self.refresh_if_due(i, &HttpTransport, &never);
                 });
             }
         });
-        let missing: Vec<String> = (0..self.certs.len())
-            .filter(|&i| self.store.state(self.slots[i]).staple_until <= unix_now())
-            .map(|i| self.certs[i].describe())
-            .collect();
-        for (i, cert) in self.certs.iter().enumerate() {
-            if cert.info.must_staple && self.store.state(self.slots[i]).staple_until <= unix_now() {
-                error!(
-                    "{} is must-staple but has no valid OCSP response at startup: clients that honour \
-                     must-staple will refuse connections until the responder {} answers",
-                    cert.describe(),
-                    cert.url
-                );
-            }
+        let now = self.clock.now();
+        let unstapled = |i: &usize| !self.store.state(self.slots[*i]).stapleable_at(now);
+        let missing: Vec<String> = (0..self.certs.len()).filter(unstapled).map(|i| self.certs[i].describe()).collect();
+        for i in (0..self.certs.len()).filter(unstapled).filter(|&i| self.certs[i].info.must_staple) {
+            error!(
+                "{} is must-staple but has no valid OCSP response at startup: clients that honour \
+                 must-staple will refuse connections until the responder {} answers",
+                self.certs[i].describe(),
+                self.certs[i].url
+            );
         }
         if !missing.is_empty() {
             info!("no response yet for {}; retrying in the background", missing.join(", "));
         }
     }
 
-    /// One pass of the background refresher over every certificate.
-    pub fn refresh_pass(&self, transport: &dyn Transport) {
+    /// One pass of the background refresher over every certificate. It returns early
+    /// when `stop` is requested or a newer generation took over, between certificates
+    /// and during a fetch.
+    pub fn refresh_pass(&self, transport: &dyn Transport, stop: &Stop) {
         for i in 0..self.certs.len() {
-            self.refresh_if_due(i, transport);
+            if stop.requested() || self.superseded() {
+                return;
+            }
+            self.refresh_if_due(i, transport, stop);
         }
+    }
+}
+
+fn slot_status(v: &Verified) -> SlotStatus {
+    match v.status {
+        CertStatus::Good => SlotStatus::Good,
+        CertStatus::Revoked { .. } => SlotStatus::Revoked,
     }
 }
 
@@ -440,10 +453,15 @@ impl Runtime {
 mod tests {
     use super::*;
     use crate::config::ServerConfig;
+    use crate::ocsp::FetchError;
     use crate::store::{region_words, DEFAULT_SLOT_DER_BYTES};
     use crate::testpki::{self, Index, Opts};
+    use crate::time::{ManualClock, SystemClock};
+    use crate::transport::Abandonable;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::sync::Mutex;
+
+    const HOUR: Duration = Duration::from_secs(3600);
 
     /// Answers with the queued results, in order, and counts the calls.
     struct Scripted {
@@ -454,6 +472,10 @@ mod tests {
     impl Scripted {
         fn new(answers: Vec<Result<Vec<u8>, FetchError>>) -> Scripted {
             Scripted { answers: Mutex::new(answers), calls: AtomicUsize::new(0) }
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
         }
     }
 
@@ -479,20 +501,37 @@ mod tests {
         }
     }
 
-    fn runtime(disk: Option<DiskStore>) -> Runtime {
+    /// A runtime for `leaf` on a fresh region, with a clock that starts at real time
+    /// (the test responses are valid for a day from now).
+    fn runtime_with_clock(disk: Option<DiskStore>) -> (Runtime, Arc<ManualClock>) {
         let words: &'static [AtomicU64] =
             Box::leak((0..region_words(4, DEFAULT_SLOT_DER_BYTES)).map(|_| AtomicU64::new(0)).collect());
         let store = SharedStore::attach(words, DEFAULT_SLOT_DER_BYTES).unwrap();
-        Runtime::new(store, vec![managed("leaf")], disk).unwrap()
+        let clock = Arc::new(ManualClock::at(SystemClock.now()));
+        (Runtime::new(store, vec![managed("leaf")], disk, clock.clone()).unwrap(), clock)
+    }
+
+    fn runtime(disk: Option<DiskStore>) -> Runtime {
+        runtime_with_clock(disk).0
     }
 
     fn good() -> Vec<u8> {
         testpki::response_for(&testpki::cert_info("leaf"), Opts::default())
     }
 
-    fn make_due(rt: &Runtime) {
-        let st = rt.store.state(rt.slots[0]);
-        rt.store.release(rt.slots[0], 1, st.failures, None);
+    fn refresh(rt: &Runtime, transport: &dyn Transport) -> Attempt {
+        rt.refresh_if_due(0, transport, &Stop::default())
+    }
+
+    /// Moves the clock to the slot's next fetch time.
+    fn until_due(rt: &Runtime, clock: &ManualClock) {
+        let next = rt.store.state(rt.slots[0]).next_fetch.expect("scheduled");
+        clock.set(next.max(clock.now()));
+    }
+
+    fn stapled(rt: &Runtime) -> Option<Vec<u8>> {
+        let mut out = StapleBuffer::default();
+        rt.staple(&rt.certs[0].info.key, &mut out).filter(|&s| s).map(|_| out.bytes().to_vec())
     }
 
     #[test]
@@ -520,64 +559,163 @@ mod tests {
         let rt = runtime(None);
         let der = good();
         let transport = Scripted::new(vec![Ok(der.clone())]);
-        assert_eq!(rt.refresh_if_due(0, &transport), Attempt::Published(SlotStatus::Good));
-        assert_eq!(rt.refresh_if_due(0, &transport), Attempt::Skipped);
-        assert_eq!(transport.calls.load(Ordering::SeqCst), 1);
-        let mut out = StapleBuffer::default();
-        assert_eq!(rt.staple(&rt.certs[0].info.key, &mut out), Some(true));
-        assert_eq!(out.bytes(), &der[..]);
-        assert_eq!(rt.staple(&[0; 20], &mut out), None, "not ours");
-    }
-
-    fn good_bytes_of(rt: &Runtime) -> Vec<u8> {
-        let mut out = StapleBuffer::default();
-        rt.store.read(rt.slots[0], &rt.certs[0].info.key, unix_now(), &mut out);
-        out.bytes().to_vec()
+        assert_eq!(refresh(&rt, &transport), Attempt::Published(SlotStatus::Good));
+        assert_eq!(refresh(&rt, &transport), Attempt::Skipped);
+        assert_eq!(transport.calls(), 1);
+        assert_eq!(stapled(&rt), Some(der));
+        assert_eq!(rt.staple(&[0; 20], &mut StapleBuffer::default()), None, "not ours");
     }
 
     #[test]
-    fn a_failure_keeps_the_good_response_and_backs_off() {
-        let rt = runtime(None);
+    fn refresh_comes_at_half_the_validity_and_not_before() {
+        let (rt, clock) = runtime_with_clock(None);
+        let start = clock.now();
+        let transport = Scripted::new(vec![Ok(good()), Ok(good())]);
+        refresh(&rt, &transport);
+        let next = rt.store.state(rt.slots[0]).next_fetch.unwrap();
+        // A one-day response: renew 12 h before it ends, spread up to 15 min earlier.
+        let wait = start.seconds_until(next);
+        assert!((12 * 3600 - 900 - 120..=12 * 3600 + 120).contains(&wait), "next fetch in {wait}s");
+        clock.set(next.minus(Duration::from_secs(1)));
+        assert_eq!(refresh(&rt, &transport), Attempt::Skipped);
+        clock.set(next);
+        assert_eq!(refresh(&rt, &transport), Attempt::Published(SlotStatus::Good));
+        assert_eq!(transport.calls(), 2);
+    }
+
+    #[test]
+    fn failures_back_off_and_keep_the_good_response_until_it_expires() {
+        let (rt, clock) = runtime_with_clock(None);
         let first = good();
         let bad_sig =
             testpki::response_for(&testpki::cert_info("leaf"), Opts { signer: "other-ca", ..Opts::default() });
-        let transport = Scripted::new(vec![Ok(first.clone()), Ok(bad_sig), Err(FetchError("HTTP 500".into()))]);
-        rt.refresh_if_due(0, &transport);
-        for _ in 0..2 {
-            make_due(&rt);
-            assert!(matches!(rt.refresh_if_due(0, &transport), Attempt::Failed(_)));
-            let mut out = StapleBuffer::default();
-            assert_eq!(rt.staple(&rt.certs[0].info.key, &mut out), Some(true));
-            assert_eq!(out.bytes(), &first[..], "the last good response stays");
+        let down = || Err(FetchError("HTTP 500".into()));
+        let transport = Scripted::new(vec![Ok(first.clone()), Ok(bad_sig), down(), down(), down()]);
+        refresh(&rt, &transport);
+        let mut waits = vec![];
+        for _ in 0..4 {
+            until_due(&rt, &clock);
+            assert!(matches!(refresh(&rt, &transport), Attempt::Failed(_)));
+            assert_eq!(stapled(&rt).as_ref(), Some(&first), "the last good response stays");
+            waits.push(clock.now().seconds_until(rt.store.state(rt.slots[0]).next_fetch.unwrap()));
         }
-        let st = rt.store.state(rt.slots[0]);
-        assert_eq!(st.failures, 2);
-        let wait = st.next_fetch - unix_now();
-        assert!((59..=66).contains(&wait), "second failure waits about 60 s, got {wait}");
+        for (wait, base) in waits.iter().zip([30, 60, 120, 240]) {
+            assert!((base..=base + base / 10 + 1).contains(wait), "waits {waits:?}");
+        }
+        assert_eq!(rt.store.state(rt.slots[0]).failures, 4);
+        // nextUpdate is a day after the fetch; with 300 s of skew it is stapled until then.
+        let until = rt.store.state(rt.slots[0]).staple_until.unwrap();
+        clock.set(until.minus(Duration::from_secs(1)));
+        assert!(stapled(&rt).is_some());
+        clock.set(until);
+        assert_eq!(stapled(&rt), None, "never stapled after nextUpdate plus skew");
     }
 
     #[test]
     fn revoked_replaces_good() {
         let rt = runtime(None);
+        let clock_start = rt.clock.now();
         let revoked = testpki::response_for(
             &testpki::cert_info("leaf"),
             Opts { index: Index::Revoked("leaf"), ..Opts::default() },
         );
         let transport = Scripted::new(vec![Ok(good()), Ok(revoked.clone())]);
-        rt.refresh_if_due(0, &transport);
-        make_due(&rt);
-        assert_eq!(rt.refresh_if_due(0, &transport), Attempt::Published(SlotStatus::Revoked));
-        assert_eq!(good_bytes_of(&rt), revoked);
+        refresh(&rt, &transport);
+        let st = rt.store.state(rt.slots[0]);
+        let lease = rt.store.try_lease(rt.slots[0], clock_start, HOUR).unwrap();
+        rt.store.release(lease, Schedule { next_fetch: None, ..st.schedule() }).unwrap();
+        assert_eq!(refresh(&rt, &transport), Attempt::Published(SlotStatus::Revoked));
+        assert_eq!(stapled(&rt), Some(revoked));
     }
 
     #[test]
     fn a_held_lease_means_no_fetch() {
         let rt = runtime(None);
-        let now_ms = unix_now_ms();
-        assert!(rt.store.try_lease(rt.slots[0], now_ms, now_ms + 60_000));
+        let _other = rt.store.try_lease(rt.slots[0], rt.clock.now(), Duration::from_secs(60)).unwrap();
         let transport = Scripted::new(vec![]);
-        assert_eq!(rt.refresh_if_due(0, &transport), Attempt::Skipped);
-        assert_eq!(transport.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(refresh(&rt, &transport), Attempt::Skipped);
+        assert_eq!(transport.calls(), 0);
+    }
+
+    /// A fetch so slow that its lease expires and another process refreshes meanwhile.
+    struct Overtaken<'a> {
+        rt: &'a Runtime,
+        clock: &'a ManualClock,
+        newer: Vec<u8>,
+    }
+
+    impl Transport for Overtaken<'_> {
+        fn fetch(&self, _url: &str, _request: &[u8], _timeout: Duration) -> Result<Vec<u8>, FetchError> {
+            self.clock.advance(HOUR);
+            let slot = self.rt.slots[0];
+            let lease = self.rt.store.try_lease(slot, self.clock.now(), Duration::from_secs(60)).expect("expired");
+            let v = ocsp::validate(
+                &self.newer,
+                &self.rt.certs[0].info,
+                &Runtime::policy(&self.rt.certs[0], None),
+                self.clock.now(),
+            )
+            .unwrap();
+            let p = Publish {
+                der: &self.newer,
+                status: SlotStatus::Good,
+                this_update: v.this_update,
+                next_update: v.next_update,
+                staple_until: v.next_update.unwrap(),
+            };
+            self.rt.store.publish(&lease, &p, self.clock.now()).unwrap();
+            self.rt.store.release(lease, Schedule { next_fetch: None, failures: 0, fetched_ok_at: None }).unwrap();
+            Err(FetchError("timed out".into()))
+        }
+    }
+
+    #[test]
+    fn a_refresher_that_lost_its_lease_records_nothing() {
+        let (rt, clock) = runtime_with_clock(None);
+        let newer = good();
+        let overtaken = Overtaken { rt: &rt, clock: &clock, newer: newer.clone() };
+        assert_eq!(refresh(&rt, &overtaken), Attempt::LostLease);
+        let st = rt.store.state(rt.slots[0]);
+        assert_eq!(st.failures, 0, "the stale failure is dropped");
+        assert_eq!(st.next_fetch, None, "the new holder's schedule stays");
+        assert_eq!(stapled(&rt), Some(newer));
+    }
+
+    #[test]
+    fn a_stopping_process_abandons_its_fetch_and_frees_the_lease() {
+        struct Hang;
+        impl Transport for Hang {
+            fn fetch(&self, _: &str, _: &[u8], _: Duration) -> Result<Vec<u8>, FetchError> {
+                std::thread::sleep(Duration::from_secs(30));
+                Err(FetchError("late".into()))
+            }
+        }
+        let rt = runtime(None);
+        let stop = Stop::default();
+        let transport = Abandonable::new(Arc::new(Hang), stop.clone());
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                stop.request();
+            })
+        };
+        let started = std::time::Instant::now();
+        assert_eq!(rt.refresh_if_due(0, &transport, &stop), Attempt::Stopped);
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert_eq!(rt.store.state(rt.slots[0]).failures, 0, "a stop is not a failure");
+        assert!(rt.store.try_lease(rt.slots[0], rt.clock.now(), HOUR).is_some(), "lease freed at once");
+        stopper.join().unwrap();
+    }
+
+    #[test]
+    fn a_refresh_pass_stops_between_certificates() {
+        let rt = runtime(None);
+        let stop = Stop::default();
+        stop.request();
+        let transport = Scripted::new(vec![]);
+        rt.refresh_pass(&transport, &stop);
+        assert_eq!(transport.calls(), 0);
     }
 
     #[test]
@@ -585,19 +723,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let disk = DiskStore::new(dir.path());
         let rt = runtime(Some(disk.clone()));
-        rt.refresh_if_due(0, &Scripted::new(vec![Ok(good())]));
+        refresh(&rt, &Scripted::new(vec![Ok(good())]));
         let stored = disk.load(&rt.certs[0].info.key).unwrap().expect("saved");
         // A new process with an empty shared store staples the stored response.
         let fresh = runtime(Some(disk.clone()));
         assert!(fresh.restore_from_disk(0));
-        assert_eq!(good_bytes_of(&fresh), stored);
-        assert_eq!(fresh.refresh_if_due(0, &Scripted::new(vec![])), Attempt::Skipped, "inside its renew window");
+        assert_eq!(stapled(&fresh), Some(stored.clone()));
+        assert_eq!(refresh(&fresh, &Scripted::new(vec![])), Attempt::Skipped, "inside its renew window");
         // A torn file is never stapled, and is deleted.
         std::fs::write(disk.path(&rt.certs[0].info.key), &stored[..stored.len() / 2]).unwrap();
         let torn = runtime(Some(disk.clone()));
         assert!(!torn.restore_from_disk(0));
         assert_eq!(disk.load(&rt.certs[0].info.key).unwrap(), None);
-        let mut out = StapleBuffer::default();
-        assert_eq!(torn.staple(&torn.certs[0].info.key, &mut out), Some(false));
+        assert_eq!(torn.staple(&torn.certs[0].info.key, &mut StapleBuffer::default()), Some(false));
     }
 }

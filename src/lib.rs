@@ -1,8 +1,8 @@
 //! mod_stapling: OCSP stapling for Apache httpd 2.4.
 //!
 //! Layers: `apache` holds all FFI code, types and pointers (the compiler refuses
-//! `unsafe_code` anywhere else); `config`, `cert`, `ocsp`, `store`, `refresh` and `engine`
-//! are safe Rust, tested without Apache.
+//! `unsafe_code` anywhere else); `config`, `cert`, `ocsp`, `store`, `refresh`, `time`, `transport` and
+//! `engine` are safe Rust, tested without Apache.
 
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -19,3 +19,5 @@ pub mod refresh;
 pub mod store;
 #[cfg(test)]
 pub mod testpki;
+pub mod time;
+pub mod transport;

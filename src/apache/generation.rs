@@ -1,34 +1,143 @@
-//! Starting a configuration generation in the parent: the shared store, the disk
-//! store, the runtime, and the startup helper that fills them before the children fork.
+//! One configuration generation in the parent: what the configuration pass collects
+//! (kept in the config pool, so the dry run and every replaced generation leave
+//! nothing behind), and starting it: the shared store, the disk store, the runtime,
+//! and the startup helper that fills them before the children fork.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use log::{error, info, warn};
 
-use super::entry::server_config;
-use super::{ffi, pool, process, shm};
-use crate::cert::CertKey;
+use super::handles::{text, Pool, Server, Userdata};
+use super::{ffi, process, shm};
+use crate::cert::{CertInfo, CertKey};
 use crate::config::ServerConfig;
-use crate::engine::{ManagedCert, Registry, Runtime};
+use crate::engine::{ManagedCert, PrimeDecision, Registry, Runtime};
 use crate::store::{region_words, slots_in, DiskStore, SharedStore, DEFAULT_SLOT_DER_BYTES};
+use crate::time::SystemClock;
 
 /// Seconds added to the responder timeout while the parent waits for the startup helper.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
 /// Stored files of certificates no longer configured are kept this long.
 const STORE_GRACE: Duration = Duration::from_secs(7 * 86_400);
 
+/// What one configuration pass collects between pre_config and post_config.
+#[derive(Default)]
+pub(super) struct Pass {
+    registry: Registry,
+    notes: Vec<String>,
+}
+
+/// The pass of the configuration being read, in its config pool.
+static PASS: Userdata<Mutex<Pass>> = Userdata::new(c"mod_stapling.pass");
+
+fn with_pass<T>(pconf: Pool<'_>, f: impl FnOnce(&mut Pass) -> T) -> T {
+    let pass = pconf.get(&PASS).unwrap_or_else(|| pconf.put(&PASS, Mutex::default()));
+    f(&mut pass.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Remembers a line to log once at startup (a setting that does nothing here).
+pub(super) fn note(pconf: Pool<'_>, line: String) {
+    with_pass(pconf, |p| {
+        if !p.notes.contains(&line) {
+            p.notes.push(line)
+        }
+    })
+}
+
+/// Registers a certificate mod_ssl hands over for `server`; true if we staple it.
+pub(super) fn prime(server: &Server<'_>, key: CertKey, pem: &str) -> bool {
+    let Some(cfg) = server.config() else { return false };
+    let settings = cfg.settings.effective(cfg.settings.compatibility());
+    if !settings.enabled {
+        return false;
+    }
+    let vhost = server.label();
+    let mut info = match CertInfo::from_pem_chain(pem.as_bytes()) {
+        Ok(info) => info,
+        Err(e) => {
+            error!("vhost {vhost}: {e}; this certificate is not stapled");
+            return false;
+        }
+    };
+    info.key = key;
+    let decision =
+        with_pass(server.config_pool(), |p| p.registry.prime(info, settings, &vhost, server.as_ptr() as usize));
+    decision == PrimeDecision::Take
+}
+
+/// post_config of the real pass: report what the pass found, start the runtime and
+/// hand it to every server's config.
+pub(super) fn finish(main: Server<'_>) {
+    let pass = with_pass(main.config_pool(), std::mem::take);
+    report_load_order(main.config().is_none_or(|c| c.settings.compatibility()));
+    pass.notes.iter().chain(pass.registry.no_url.iter().map(|(_, line)| line)).for_each(|n| info!("{n}"));
+    report_unprimed_vhosts(main, &pass.registry);
+    let Some(runtime) = start_generation(&main, pass.registry) else { return };
+    for server in main.with_following() {
+        if let Some(cfg) = server.config() {
+            let _ = cfg.runtime.set(Arc::clone(&runtime));
+        }
+    }
+}
+
+/// Modules loaded later are searched first for a directive, so compatibility mode
+/// only sees mod_ssl's directives when we are loaded after mod_ssl.
+fn report_load_order(compatibility: bool) {
+    // SAFETY: ap_top_module heads the list of loaded modules, which Apache does not
+    // change during post_config; names are NUL-terminated.
+    let names: Vec<String> = unsafe {
+        let mut names = Vec::new();
+        let mut m = ffi::ap_top_module;
+        while !m.is_null() {
+            names.push(text((*m).name));
+            m = (*m).next;
+        }
+        names
+    };
+    let ours = names.iter().position(|n| n == "mod_stapling.c");
+    // mod_tls uses the same core hooks, so it works too (without compatibility mode).
+    let tls = names.iter().any(|n| n == "mod_tls.c");
+    match (ours, names.iter().position(|n| n == "mod_ssl.c")) {
+        (_, None) if !tls => {
+            error!("mod_ssl is not loaded: mod_stapling has nothing to staple. Enable it (a2enmod ssl)")
+        }
+        (_, None) => {}
+        (Some(o), Some(ssl)) if ssl < o && compatibility => warn!(
+            "mod_stapling is loaded before mod_ssl, so compatibility mode cannot read SSLUseStapling and \
+             SSLStapling*; load mod_stapling after mod_ssl (on Debian: a2enmod stapling does this)"
+        ),
+        _ => {}
+    }
+}
+
+/// mod_ssl never primes a certificate whose issuer it cannot find.
+fn report_unprimed_vhosts(main: Server<'_>, registry: &Registry) {
+    let unprimed = main.with_following().filter(|s| {
+        s.config()
+            .is_some_and(|c| c.settings.effective(c.settings.compatibility()).enabled && c.settings.switch_in_vhost)
+            && !registry.primed_servers.contains(&(s.as_ptr() as usize))
+    });
+    for server in unprimed {
+        error!(
+            "vhost {}: Stapling is on, but mod_ssl handed over no certificate with an OCSP \
+             responder for it. Usually mod_ssl could not find the issuer: add the intermediate \
+             CA certificate to the file in SSLCertificateFile (after the server certificate)",
+            server.label()
+        );
+    }
+}
+
 /// The runtime for the certificates mod_ssl primed in this pass, with responses fetched
 /// (or restored) before it returns; `None` when there is nothing to staple.
-pub(super) fn start_generation(s: *mut ffi::server_rec, registry: Registry) -> Option<Box<Runtime>> {
-    let main_cfg = server_config(s)?;
+fn start_generation(main: &Server<'_>, registry: Registry) -> Option<Arc<Runtime>> {
+    let main_cfg = &main.config()?.settings;
     let mut certs = registry.certs;
     if certs.is_empty() {
         return None;
     }
     let slots = plan_slots(&mut certs, main_cfg.cache_spec().and_then(|c| c.size));
-    // SAFETY: `s` is the live main server; process is set for its whole life.
-    let process_pool = unsafe { (*(*s).process).pool };
-    let words = match shm::region(process_pool, region_words(slots, DEFAULT_SLOT_DER_BYTES)) {
+    let words = match shm::region(main.process_pool(), region_words(slots, DEFAULT_SLOT_DER_BYTES)) {
         Ok(words) => words,
         Err(e) => {
             error!("{e}; OCSP stapling is off until the next restart");
@@ -42,9 +151,9 @@ pub(super) fn start_generation(s: *mut ffi::server_rec, registry: Registry) -> O
             return None;
         }
     };
-    let disk = disk_store(s, main_cfg);
-    let runtime = match Runtime::new(store, certs, disk) {
-        Ok(r) => Box::new(r),
+    let disk = disk_store(main, main_cfg);
+    let runtime = match Runtime::new(store, certs, disk, Arc::new(SystemClock)) {
+        Ok(r) => Arc::new(r),
         Err(e) => {
             error!("{e}: cannot place every certificate; OCSP stapling is off until the next restart");
             return None;
@@ -84,11 +193,11 @@ fn server_user() -> (u32, u32) {
 }
 
 /// The directory for stored responses, created for the server's User, or None.
-fn disk_store(s: *mut ffi::server_rec, cfg: &ServerConfig) -> Option<DiskStore> {
+fn disk_store(main: &Server<'_>, cfg: &ServerConfig) -> Option<DiskStore> {
     let dir = match &cfg.global.store {
         Some(None) => return None,
-        Some(Some(dir)) => server_root_relative(s, dir),
-        None => default_store_dir(s),
+        Some(Some(dir)) => server_root_relative(main, dir),
+        None => default_store_dir(main),
     };
     let store = DiskStore::new(dir);
     // SAFETY: a plain query of the process's effective uid.
@@ -106,25 +215,26 @@ fn disk_store(s: *mut ffi::server_rec, cfg: &ServerConfig) -> Option<DiskStore> 
     }
 }
 
-fn server_root_relative(s: *mut ffi::server_rec, path: &str) -> String {
+fn server_root_relative(main: &Server<'_>, path: &str) -> String {
     if path.starts_with('/') {
         return path.to_string();
     }
     let c = std::ffi::CString::new(path).unwrap_or_default();
-    // SAFETY: the main server's process pool is live; ap_server_root_relative copies
-    // into it and returns NULL only on a bad path.
-    let full = unsafe { ffi::ap_server_root_relative((*(*s).process).pconf, c.as_ptr()) };
+    // SAFETY: the config pool is live; ap_server_root_relative copies into it and
+    // returns NULL only on a bad path.
+    let full = unsafe { ffi::ap_server_root_relative(main.config_pool().as_ptr(), c.as_ptr()) };
     if full.is_null() {
         path.to_string()
     } else {
-        pool::text(full).into_owned()
+        // SAFETY: a NUL-terminated string in the config pool.
+        unsafe { text(full) }
     }
 }
 
 /// Debian keeps state under /var/cache/apache2; RHEL's ServerRoot has a `state` link
 /// to /var/lib/httpd; anything else gets a directory under ServerRoot.
-fn default_store_dir(s: *mut ffi::server_rec) -> String {
-    let root = server_root_relative(s, "");
+fn default_store_dir(main: &Server<'_>) -> String {
+    let root = server_root_relative(main, "");
     let root = root.trim_end_matches('/');
     if root == "/etc/apache2" {
         "/var/cache/apache2/mod_stapling".into()
@@ -138,19 +248,32 @@ fn default_store_dir(s: *mut ffi::server_rec) -> String {
 fn run_startup_helper(runtime: &Runtime) {
     let longest = runtime.certs.iter().map(|c| c.settings.responder_timeout).max().unwrap_or_default();
     let (uid, gid) = server_user();
-    match process::run_helper(uid, gid, longest + HELPER_GRACE, || runtime.startup_pass()) {
+    let deadline = longest + HELPER_GRACE;
+    let helper = process::run_helper(uid, gid, deadline, || runtime.startup_pass());
+    match helper.end {
         process::HelperEnd::Exited(0) => {}
         process::HelperEnd::Exited(code) => warn!("startup fetch helper exited with status {code}"),
+        process::HelperEnd::Killed(signal) => {
+            warn!("startup fetch helper was killed by signal {signal}; the children go on fetching in the background")
+        }
         process::HelperEnd::TimedOut => warn!(
             "startup fetch did not finish within {}s; the children go on trying in the background",
-            (longest + HELPER_GRACE).as_secs()
+            deadline.as_secs()
         ),
         process::HelperEnd::ForkFailed(e) => {
             warn!("cannot start the startup fetch helper ({e}); fetching in the children")
         }
     }
-    let stapled = (0..runtime.certs.len())
-        .filter(|&i| runtime.store.state(runtime.slots[i]).staple_until > crate::engine::unix_now())
-        .count();
-    info!("OCSP stapling ready: {stapled} of {} certificates have a verified response", runtime.certs.len());
+    // The helper is gone: its slots are due again now, not when its leases expire.
+    if let Some(pid) = helper.pid {
+        let freed = runtime.store.clear_leases_of(pid);
+        if freed > 0 {
+            info!("freed {freed} refresh leases the startup helper held; the children fetch those at once");
+        }
+    }
+    info!(
+        "OCSP stapling ready: {} of {} certificates have a verified response",
+        runtime.stapled_count(),
+        runtime.certs.len()
+    );
 }

@@ -1,15 +1,22 @@
-//! The only place with `unsafe`: Apache's FFI types, the module struct, the hook entry
-//! points (each a panic boundary), the log bridge, shared memory and the startup helper.
+//! The only place with `unsafe`: Apache's FFI types, the module struct and the hook
+//! entry points (`hooks`), the panic boundary (`boundary`), typed handles for pools and
+//! servers (`handles`), the per-server config (`server`), the log bridge, shared memory
+//! and the startup helper.
+//!
+//! Imports go one way: `hooks` → `generation`, `refresher` → `server`, `process`,
+//! `shm` → `handles`, `boundary`, `log`, `ffi`.
 
 #![allow(unsafe_code)]
 
-mod entry;
+mod boundary;
 mod ffi;
 mod generation;
+mod handles;
+mod hooks;
 pub mod log;
-mod pool;
 mod process;
 mod refresher;
+mod server;
 mod shm;
 
-pub use entry::stapling_module;
+pub use hooks::stapling_module;

@@ -6,12 +6,14 @@
 use std::ffi::c_void;
 use std::sync::atomic::AtomicU64;
 
-use super::{ffi, pool};
+use super::handles::{Pool, Userdata};
 
-const USERDATA_KEY: &std::ffi::CStr = c"mod_stapling.shared_region";
+/// Named after the store's layout: a module of another version (loaded by a graceful
+/// restart) maps its own region instead of reformatting one that old children read.
+static REGION: Userdata<Region> = Userdata::new(c"mod_stapling.shared_region.v2");
+const _: () = assert!(crate::store::LAYOUT_VERSION == 2, "rename the REGION userdata");
 
 /// A mapping, as kept in process-pool memory.
-#[repr(C)]
 struct Region {
     base: *mut c_void,
     words: usize,
@@ -19,12 +21,8 @@ struct Region {
 
 /// The shared region of at least `words` words, reusing the one mapped before a restart
 /// when it is large enough.
-pub(crate) fn region(process_pool: *mut ffi::apr_pool_t, words: usize) -> Result<&'static [AtomicU64], String> {
-    let existing = pool::userdata_get(process_pool, USERDATA_KEY).cast::<Region>();
-    if !existing.is_null() {
-        // SAFETY: the userdata was set by this function to a Region in process-pool
-        // memory, which outlives every configuration generation.
-        let r = unsafe { &*existing };
+pub(crate) fn region(process_pool: Pool<'_>, words: usize) -> Result<&'static [AtomicU64], String> {
+    if let Some(r) = process_pool.get(&REGION) {
         if r.words >= words {
             // SAFETY: base..base+words*8 is a live MAP_SHARED mapping that is never
             // unmapped while the process lives; AtomicU64 has u64's layout and the
@@ -49,14 +47,7 @@ pub(crate) fn region(process_pool: *mut ffi::apr_pool_t, words: usize) -> Result
     if base == libc::MAP_FAILED {
         return Err(format!("cannot map {bytes} bytes of shared memory: {}", std::io::Error::last_os_error()));
     }
-    // SAFETY: apr_palloc returns memory for a Region from the live process pool.
-    let record = unsafe { ffi::apr_palloc(process_pool, std::mem::size_of::<Region>()) }.cast::<Region>();
-    if record.is_null() {
-        return Err("out of memory recording the shared region".into());
-    }
-    // SAFETY: `record` is fresh, suitably sized pool memory (APR aligns to 8).
-    unsafe { record.write(Region { base, words }) };
-    pool::userdata_set(process_pool, USERDATA_KEY, record.cast());
+    process_pool.put(&REGION, Region { base, words });
     // SAFETY: as above; anonymous mappings are zero-filled, and zero is a valid AtomicU64.
     Ok(unsafe { std::slice::from_raw_parts(base.cast::<AtomicU64>(), words) })
 }

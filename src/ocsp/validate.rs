@@ -1,6 +1,7 @@
 //! Full validation of a responder's answer before anything is stapled (RFC 6960 §3.2).
 
 use std::fmt;
+use std::time::Duration;
 
 use openssl::hash::MessageDigest;
 use openssl::ocsp::{OcspCertId, OcspCertStatus, OcspFlag, OcspResponse, OcspResponseStatus, OcspRevokedStatus};
@@ -12,14 +13,15 @@ use openssl::x509::X509;
 use super::time::parse_openssl_time;
 use crate::cert::CertInfo;
 use crate::der;
+use crate::time::UnixTime;
 
 /// What a response must satisfy besides its signature and CertID.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
-    /// Tolerated clock skew, seconds.
-    pub time_skew: i64,
-    /// Maximum age of thisUpdate, seconds.
-    pub max_age: Option<i64>,
+    /// Tolerated clock skew.
+    pub time_skew: Duration,
+    /// Maximum age of thisUpdate.
+    pub max_age: Option<Duration>,
     /// The nonce the request carried, which the response must echo.
     pub nonce: Option<Vec<u8>>,
 }
@@ -41,10 +43,10 @@ pub enum CertStatus {
 pub struct Verified {
     /// Good or revoked.
     pub status: CertStatus,
-    /// Unix seconds.
-    pub this_update: i64,
-    /// Unix seconds; `None` when the responder gave no nextUpdate.
-    pub next_update: Option<i64>,
+    /// thisUpdate.
+    pub this_update: UnixTime,
+    /// nextUpdate; `None` when the responder gave none.
+    pub next_update: Option<UnixTime>,
 }
 
 /// Why a response must not be stapled.
@@ -63,11 +65,11 @@ pub enum Rejection {
     /// The responder does not know the certificate.
     Unknown,
     /// thisUpdate is in the future.
-    NotYetValid(i64),
+    NotYetValid(UnixTime),
     /// nextUpdate has passed.
-    Expired(i64),
+    Expired(UnixTime),
     /// thisUpdate is older than StaplingResponseMaxAge.
-    TooOld(i64),
+    TooOld(UnixTime),
     /// The nonce was missing or different.
     NonceMismatch,
     /// A time field could not be read.
@@ -95,7 +97,7 @@ impl fmt::Display for Rejection {
 impl std::error::Error for Rejection {}
 
 /// Checks `der` as an answer for `cert` at Unix time `now`.
-pub fn validate(der_bytes: &[u8], cert: &CertInfo, policy: &Policy, now: i64) -> Result<Verified, Rejection> {
+pub fn validate(der_bytes: &[u8], cert: &CertInfo, policy: &Policy, now: UnixTime) -> Result<Verified, Rejection> {
     let response = OcspResponse::from_der(der_bytes).map_err(|e| Rejection::NotOcsp(first_error(&e)))?;
     // OpenSSL ignores bytes after the DER element; strict clients do not.
     if !matches!(der::read(der_bytes), Some((_, rest)) if rest.is_empty()) {
@@ -110,11 +112,11 @@ pub fn validate(der_bytes: &[u8], cert: &CertInfo, policy: &Policy, now: i64) ->
     let id = OcspCertId::from_cert(MessageDigest::sha1(), &cert.leaf, &cert.issuer)
         .map_err(|e| Rejection::NotOcsp(first_error(&e)))?;
     let single = basic.find_status(&id).ok_or(Rejection::WrongCert)?;
-    let this_update = parse_openssl_time(&single.this_update.to_string()).ok_or(Rejection::BadTime)?;
-    let next_update = match single.next_update() {
-        Some(t) => Some(parse_openssl_time(&t.to_string()).ok_or(Rejection::BadTime)?),
-        None => None,
+    let read_time = |t: &openssl::asn1::Asn1GeneralizedTimeRef| {
+        parse_openssl_time(&t.to_string()).map(UnixTime::from_secs).ok_or(Rejection::BadTime)
     };
+    let this_update = read_time(single.this_update)?;
+    let next_update = single.next_update().map(read_time).transpose()?;
     check_times(this_update, next_update, policy, now)?;
     if let Some(nonce) = &policy.nonce {
         if der::response_nonce(der_bytes).as_deref() != Some(nonce.as_slice()) {
@@ -165,17 +167,22 @@ fn check_carried_certs(der_bytes: &[u8], cert: &CertInfo) -> Result<(), Rejectio
     Ok(())
 }
 
-fn check_times(this_update: i64, next_update: Option<i64>, policy: &Policy, now: i64) -> Result<(), Rejection> {
-    if this_update > now + policy.time_skew {
+fn check_times(
+    this_update: UnixTime,
+    next_update: Option<UnixTime>,
+    policy: &Policy,
+    now: UnixTime,
+) -> Result<(), Rejection> {
+    if this_update > now.plus(policy.time_skew) {
         return Err(Rejection::NotYetValid(this_update));
     }
     if let Some(next) = next_update {
-        if next < now - policy.time_skew {
+        if next < now.minus(policy.time_skew) {
             return Err(Rejection::Expired(next));
         }
     }
     if let Some(max_age) = policy.max_age {
-        if now - this_update > max_age + policy.time_skew {
+        if this_update < now.minus(max_age.saturating_add(policy.time_skew)) {
             return Err(Rejection::TooOld(this_update));
         }
     }
@@ -217,22 +224,27 @@ fn reason_name(reason: OcspRevokedStatus) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::unix_now;
     use crate::ocsp::build_request;
     use crate::testpki::{self, cert_info, cert_info_with_issuer, respond, response_for, Index, Opts};
+    use crate::time::{Clock, SystemClock};
 
-    const DAY: i64 = 86_400;
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn unix_now() -> UnixTime {
+        SystemClock.now()
+    }
 
     fn policy() -> Policy {
-        Policy { time_skew: 300, max_age: None, nonce: None }
+        Policy { time_skew: Duration::from_secs(300), max_age: None, nonce: None }
     }
 
     fn good_leaf_response() -> Vec<u8> {
         response_for(&cert_info("leaf"), Opts::default())
     }
 
-    fn assert_close(actual: i64, expected: i64, what: &str) {
-        assert!((actual - expected).abs() <= 120, "{what} is {actual}, expected about {expected}");
+    fn assert_close(actual: UnixTime, expected: UnixTime, what: &str) {
+        let off = actual.seconds_until(expected).abs();
+        assert!(off <= 120, "{what} is {actual}, expected about {expected}");
     }
 
     /// Hostile bytes: thousands of mutations of a real response (flipped bits, cuts,
@@ -242,7 +254,7 @@ mod tests {
     fn mutated_responses_never_panic_and_never_pass() {
         let good = good_leaf_response();
         let cert = testpki::cert_info("leaf");
-        let now = crate::engine::unix_now();
+        let now = unix_now();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
             seed ^= seed << 13;
@@ -278,7 +290,7 @@ mod tests {
         let v = validate(&der, &leaf, &policy(), now).expect("good response validates");
         assert_eq!(v.status, CertStatus::Good);
         assert_close(v.this_update, now, "thisUpdate");
-        assert_close(v.next_update.expect("nextUpdate present"), now + DAY, "nextUpdate");
+        assert_close(v.next_update.expect("nextUpdate present"), now.plus(DAY), "nextUpdate");
     }
 
     #[test]
@@ -370,7 +382,7 @@ mod tests {
     fn expired_response_is_rejected() {
         let leaf = cert_info("leaf");
         let der = response_for(&leaf, Opts::default());
-        let r = validate(&der, &leaf, &policy(), unix_now() + 2 * DAY);
+        let r = validate(&der, &leaf, &policy(), unix_now().plus(2 * DAY));
         assert!(matches!(r, Err(Rejection::Expired(_))), "{r:?}");
     }
 
@@ -379,15 +391,18 @@ mod tests {
         let leaf = cert_info("leaf");
         let der = response_for(&leaf, Opts::default());
         let next = validate(&der, &leaf, &policy(), unix_now()).unwrap().next_update.unwrap();
-        assert!(validate(&der, &leaf, &policy(), next + 200).is_ok());
-        assert_eq!(validate(&der, &leaf, &policy(), next + 400), Err(Rejection::Expired(next)));
+        assert!(validate(&der, &leaf, &policy(), next.plus(Duration::from_secs(200))).is_ok());
+        assert_eq!(
+            validate(&der, &leaf, &policy(), next.plus(Duration::from_secs(400))),
+            Err(Rejection::Expired(next))
+        );
     }
 
     #[test]
     fn response_from_the_future_is_rejected() {
         let leaf = cert_info("leaf");
         let der = response_for(&leaf, Opts::default());
-        let r = validate(&der, &leaf, &policy(), unix_now() - 3600);
+        let r = validate(&der, &leaf, &policy(), unix_now().minus(Duration::from_secs(3600)));
         assert!(matches!(r, Err(Rejection::NotYetValid(_))), "{r:?}");
     }
 
@@ -395,7 +410,7 @@ mod tests {
     fn future_this_update_within_skew_is_accepted() {
         let leaf = cert_info("leaf");
         let der = response_for(&leaf, Opts::default());
-        let v = validate(&der, &leaf, &policy(), unix_now() - 100).expect("within skew");
+        let v = validate(&der, &leaf, &policy(), unix_now().minus(Duration::from_secs(100))).expect("within skew");
         assert_eq!(v.status, CertStatus::Good);
     }
 
@@ -403,8 +418,8 @@ mod tests {
     fn response_older_than_max_age_is_rejected() {
         let leaf = cert_info("leaf");
         let der = response_for(&leaf, Opts::default());
-        let p = Policy { max_age: Some(60), ..policy() };
-        let r = validate(&der, &leaf, &p, unix_now() + 3600);
+        let p = Policy { max_age: Some(Duration::from_secs(60)), ..policy() };
+        let r = validate(&der, &leaf, &p, unix_now().plus(Duration::from_secs(3600)));
         assert!(matches!(r, Err(Rejection::TooOld(_))), "{r:?}");
         assert!(validate(&der, &leaf, &p, unix_now()).is_ok());
     }
@@ -419,7 +434,7 @@ mod tests {
         assert_eq!(v.next_update, None);
         assert_close(v.this_update, now, "thisUpdate");
         // Without nextUpdate there is nothing to expire.
-        assert!(validate(&der, &leaf, &policy(), now + 30 * DAY).is_ok());
+        assert!(validate(&der, &leaf, &policy(), now.plus(30 * DAY)).is_ok());
     }
 
     #[test]
@@ -551,6 +566,7 @@ mod tests {
     #[test]
     fn rejections_display_their_detail() {
         assert!(Rejection::ResponderError("tryLater").to_string().contains("tryLater"));
-        assert!(Rejection::Expired(12345).to_string().contains("12345"));
+        let expired = Rejection::Expired(UnixTime::from_secs(1_795_214_206)).to_string();
+        assert!(expired.contains("2026-11-20T22:36:46Z"), "{expired}");
     }
 }

@@ -5,6 +5,6 @@ pub mod shared;
 
 pub use disk::DiskStore;
 pub use shared::{
-    region_words, slots_in, Publish, SharedStore, SlotState, SlotStatus, StapleBuffer, StoreError,
-    DEFAULT_SLOT_DER_BYTES,
+    region_words, slots_in, supersedes, Lease, Publish, Published, Schedule, SharedStore, SlotState, SlotStatus,
+    StapleBuffer, StoreError, DEFAULT_SLOT_DER_BYTES, LAYOUT_VERSION,
 };

@@ -1,0 +1,160 @@
+//! How responses are fetched: the [`Transport`] seam (HTTP in production, scripted in
+//! tests), and fetches a stopping process can walk away from.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::ocsp::{self, FetchError};
+
+/// How often a waiting fetch looks at the stop signal.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// Fetches the bytes of a response. The real one is HTTP; tests substitute their own.
+pub trait Transport: Send + Sync {
+    /// POSTs `request` to `url` within `timeout`.
+    fn fetch(&self, url: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>, FetchError>;
+}
+
+/// HTTP/1.1 to the responder.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HttpTransport;
+
+impl Transport for HttpTransport {
+    fn fetch(&self, url: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>, FetchError> {
+        ocsp::fetch(url, request, timeout)
+    }
+}
+
+/// A stop request shared by a refresher and whoever ends it.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<StopState>);
+
+#[derive(Debug, Default)]
+struct StopState {
+    requested: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Stop {
+    /// Asks everything watching this signal to stop, and wakes it.
+    pub fn request(&self) {
+        self.0.requested.store(true, Ordering::SeqCst);
+        let _guard = self.0.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.0.wake.notify_all();
+    }
+
+    /// True once a stop was requested.
+    pub fn requested(&self) -> bool {
+        self.0.requested.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps for `d` or until a stop is requested; true if it was.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let guard = self.0.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.0.wake.wait_timeout_while(guard, d, |_| !self.requested()).unwrap_or_else(|e| e.into_inner());
+        self.requested()
+    }
+}
+
+/// A transport whose fetches are abandoned when `stop` is requested: each fetch runs on
+/// a thread of its own that owns everything it touches (its URL, request, and the
+/// inner transport), so the caller may return at once and let the process exit while
+/// the socket is still waiting for the responder.
+pub struct Abandonable {
+    inner: Arc<dyn Transport>,
+    stop: Stop,
+}
+
+impl Abandonable {
+    /// Wraps `inner`, watching `stop`.
+    pub fn new(inner: Arc<dyn Transport>, stop: Stop) -> Abandonable {
+        Abandonable { inner, stop }
+    }
+}
+
+impl Transport for Abandonable {
+    fn fetch(&self, url: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>, FetchError> {
+        let abandoned = || FetchError("abandoned: this process is stopping".into());
+        if self.stop.requested() {
+            return Err(abandoned());
+        }
+        let (tx, rx) = sync_channel(1);
+        let (inner, url_owned, request_owned) = (Arc::clone(&self.inner), url.to_owned(), request.to_vec());
+        let spawned = std::thread::Builder::new().name("stapling-fetch".into()).spawn(move || {
+            let _ = tx.send(inner.fetch(&url_owned, &request_owned, timeout));
+        });
+        if spawned.is_err() {
+            return self.inner.fetch(url, request, timeout);
+        }
+        loop {
+            match rx.recv_timeout(STOP_POLL) {
+                Ok(result) => return result,
+                Err(RecvTimeoutError::Timeout) if self.stop.requested() => return Err(abandoned()),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(FetchError("the fetch ended without an answer".into()))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Answers after `delay`, like a responder that holds the connection.
+    struct Slow(Duration);
+
+    impl Transport for Slow {
+        fn fetch(&self, _url: &str, _request: &[u8], _timeout: Duration) -> Result<Vec<u8>, FetchError> {
+            std::thread::sleep(self.0);
+            Ok(b"late".to_vec())
+        }
+    }
+
+    #[test]
+    fn a_fetch_in_flight_is_abandoned_at_once_on_stop() {
+        let stop = Stop::default();
+        let transport = Abandonable::new(Arc::new(Slow(Duration::from_secs(30))), stop.clone());
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                stop.request();
+            })
+        };
+        let started = Instant::now();
+        let result = transport.fetch("http://x/", b"req", Duration::from_secs(60));
+        assert!(result.is_err());
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        stopper.join().unwrap();
+    }
+
+    #[test]
+    fn a_fetch_that_answers_returns_its_answer() {
+        let transport = Abandonable::new(Arc::new(Slow(Duration::from_millis(10))), Stop::default());
+        assert_eq!(transport.fetch("http://x/", b"req", Duration::from_secs(5)).unwrap(), b"late");
+    }
+
+    #[test]
+    fn sleep_wakes_on_stop() {
+        let stop = Stop::default();
+        let waker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                stop.request();
+            })
+        };
+        let started = Instant::now();
+        assert!(stop.sleep(Duration::from_secs(30)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        waker.join().unwrap();
+        assert!(!Stop::default().sleep(Duration::from_millis(1)));
+    }
+}
