@@ -6,9 +6,10 @@
 #
 # Knobs (environment): COST_N1 (100), COST_N2 (3000), COST_TLS (1.3 or 1.2),
 # COST_CERT (rsa or ec), COST_SERVERS (none,mod_ssl,mod_md,mod_stapling), COST_JOBS.
-# See benches/handshake_cost.rs.
+# See tools/bench/src/bin/handshake_cost.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 cargo build --release
-cargo bench --bench handshake_cost
+# The tool is a separate package (tools/bench); it builds into the same target directory.
+cargo run --release --manifest-path tools/bench/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}" --bin handshake_cost

@@ -1,10 +1,11 @@
 //! Cost of OCSP stapling per TLS handshake, in CPU instructions counted by valgrind's
 //! callgrind (repeatable, unlike wall-clock throughput on a small shared machine).
 //!
-//! Run with `cargo bench --bench handshake_cost` (after `cargo build --release`), or
-//! `scripts/bench-cost.sh`, which also installs what is missing and builds the module.
+//! Run with `scripts/bench-cost.sh`, which also installs what is missing and builds the
+//! module, or from the repository root after `cargo build --release` with
+//! `cargo run --release --manifest-path tools/bench/Cargo.toml --target-dir target --bin handshake_cost`.
 //!
-//! The same four configurations as `benches/compare.rs`: no stapling, mod_ssl
+//! The same four configurations as `compare` (src/bin/compare.rs): no stapling, mod_ssl
 //! `SSLUseStapling`, mod_md `MDStapling on` + `MDStapleOthers on`, mod_stapling
 //! `Stapling on`; one certificate, one local OCSP responder (the Python fixture, no
 //! delay). Each server runs as a single process in the foreground
@@ -42,11 +43,14 @@
 //! callgrind files, one per run and thread, are kept in `target/bench-handshake-cost/`
 //! (`callgrind_annotate --inclusive=yes FILE` shows where the instructions go).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-#[path = "common/mod.rs"]
+// First, so that its `env!` (the repository root as CARGO_MANIFEST_DIR) applies to the
+// harness below.
+#[macro_use]
+#[path = "../common/mod.rs"]
 mod bench_common;
+
+#[path = "../../../../tests/common/mod.rs"]
+mod common;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -114,7 +118,7 @@ impl Settings {
 // the four configurations
 // ---------------------------------------------------------------------------
 
-/// Options for `kind` as in benches/compare.rs, but prefork with one process.
+/// Options for `kind` as in compare.rs, but prefork with one process.
 /// `md_store` is mod_md's store directory.
 fn options(kind: Kind, pki: &Pki, root: &Path, md_store: &Path, set: &Settings) -> ApacheOptions {
     kind.options(pki, &set.cert, Mpm::Prefork, 1, root, md_store)

@@ -3,8 +3,9 @@
 //! certificate, event MPM, the same number of children, one local OCSP responder
 //! (the Python fixture from the integration tests).
 //!
-//! Run with `cargo bench --bench compare` (after `cargo build --release`), or
-//! `scripts/bench.sh`, which also installs what is missing and builds the module.
+//! Run with `scripts/bench.sh`, which also installs what is missing and builds the
+//! module, or from the repository root after `cargo build --release` with
+//! `cargo run --release --manifest-path tools/bench/Cargo.toml --target-dir target --bin compare`.
 //!
 //! Phases:
 //! 1. Cold start, one server after the other, each with a fresh ServerRoot (no stored
@@ -36,11 +37,14 @@
 //! The markdown report is printed and written to `target/bench-compare.md`; the error
 //! logs of the servers are copied to `target/bench-compare-logs/`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-#[path = "common/mod.rs"]
+// First, so that its `env!` (the repository root as CARGO_MANIFEST_DIR) applies to the
+// harness below.
+#[macro_use]
+#[path = "../common/mod.rs"]
 mod bench_common;
+
+#[path = "../../../../tests/common/mod.rs"]
+mod common;
 
 use std::fmt::Write as _;
 use std::fs;
