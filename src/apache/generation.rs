@@ -18,6 +18,10 @@ use crate::time::SystemClock;
 
 /// Seconds added to the responder timeout while the parent waits for the startup helper.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
+/// At a restart the old children have already stopped accepting (graceful) or are gone,
+/// and the new ones start only after post_config: the parent waits this long at most,
+/// then the children's refreshers fetch whatever the helper did not.
+const RESTART_WAIT: Duration = Duration::from_secs(1);
 /// Stored files of certificates no longer configured are kept this long.
 const STORE_GRACE: Duration = Duration::from_secs(7 * 86_400);
 
@@ -159,7 +163,7 @@ fn start_generation(main: &Server<'_>, registry: Registry) -> Option<Arc<Runtime
             return None;
         }
     };
-    run_startup_helper(&runtime);
+    run_startup_helper(&runtime, is_restart());
     if let Some(disk) = &runtime.disk {
         let keys: Vec<CertKey> = runtime.certs.iter().map(|c| c.info.key).collect();
         for name in disk.prune(&keys, STORE_GRACE) {
@@ -245,10 +249,16 @@ fn default_store_dir(main: &Server<'_>) -> String {
     }
 }
 
-fn run_startup_helper(runtime: &Runtime) {
+/// True for every configuration pass after the first real one (graceful or full restart).
+fn is_restart() -> bool {
+    // SAFETY: a plain query of Apache's state.
+    unsafe { ffi::ap_state_query(ffi::AP_SQ_CONFIG_GEN as std::ffi::c_int) > 1 }
+}
+
+fn run_startup_helper(runtime: &Runtime, restart: bool) {
     let longest = runtime.certs.iter().map(|c| c.settings.responder_timeout).max().unwrap_or_default();
     let (uid, gid) = server_user();
-    let deadline = longest + HELPER_GRACE;
+    let deadline = if restart { RESTART_WAIT } else { longest + HELPER_GRACE };
     let helper = process::run_helper(uid, gid, deadline, || runtime.startup_pass());
     match helper.end {
         process::HelperEnd::Exited(0) => {}
@@ -256,6 +266,10 @@ fn run_startup_helper(runtime: &Runtime) {
         process::HelperEnd::Killed(signal) => {
             warn!("startup fetch helper was killed by signal {signal}; the children go on fetching in the background")
         }
+        process::HelperEnd::TimedOut if restart => info!(
+            "the fetch at restart did not finish within {}s; the children fetch the rest in the background",
+            deadline.as_secs()
+        ),
         process::HelperEnd::TimedOut => warn!(
             "startup fetch did not finish within {}s; the children go on trying in the background",
             deadline.as_secs()
