@@ -13,7 +13,13 @@
 //!   controllable) or `openssl ocsp` as a reference responder
 //! * [`Apache`], [`ApacheOptions`], [`Mpm`], [`apachectl_test`]
 //! * clients: [`s_client_status`], [`staple_der`], [`curl_cert_status`],
-//!   [`ocsp_resp_text`]
+//!   [`ocsp_resp_text`]; with SNI: [`s_client_status_sni`],
+//!   [`handshake_sni`], [`tls_handshake`] (in-process, for tight loops)
+//! * many certificates: [`issue_leaves`] + [`sni_vhosts`] (into
+//!   [`ApacheOptions::extra_vhosts`])
+//! * lifecycle: [`Apache::begin_start`]/[`Apache::wait_started`] (act during
+//!   startup), [`Apache::k_command`], [`startup_helper_pid`], [`vm_rss_kb`],
+//!   [`server_root_processes`], [`BlackHole`] (a responder that never answers)
 //!
 //! How the exact staple bytes are obtained: `openssl s_client -status -msg`
 //! prints every received handshake message as hex. For TLS 1.2 the staple is
@@ -590,6 +596,11 @@ pub struct ApacheOptions {
     pub global_conf: String,
     /// Lines inside the SSL <VirtualHost>.
     pub vhost_conf: String,
+    /// Extra lines after the default SSL <VirtualHost> (at global scope), e.g.
+    /// name-based vhosts on the same port from [`sni_vhosts`]. Vhosts written
+    /// here come after the default one, so it stays the default for its
+    /// address (clients without SNI or with an unknown name get it).
+    pub extra_vhosts: String,
     /// Certificate chain file (SSLCertificateFile). If empty, no SSL
     /// <VirtualHost> is written (only useful for [`apachectl_test_opts`]).
     pub cert: PathBuf,
@@ -617,6 +628,7 @@ impl ApacheOptions {
             children: 2,
             global_conf: String::new(),
             vhost_conf: String::new(),
+            extra_vhosts: String::new(),
             cert: cert.into(),
             key: key.into(),
             load_stapling: true,
@@ -744,6 +756,13 @@ fn write_config(root: &Path, port: u16, opts: &ApacheOptions) {
         }
         let _ = writeln!(c, "</VirtualHost>");
     }
+    if !opts.extra_vhosts.is_empty() {
+        let _ = writeln!(c, "\n# ---- extra_vhosts ----");
+        c.push_str(&opts.extra_vhosts);
+        if !c.ends_with('\n') {
+            c.push('\n');
+        }
+    }
     fs::write(root.join("conf/httpd.conf"), c).unwrap();
 }
 
@@ -785,7 +804,8 @@ fn apache_cmd(root: &Path, extra_env: &[(String, String)]) -> Command {
     cmd
 }
 
-const RESUMING: &str = "resuming normal operations";
+/// The error_log line Apache writes when a (re)started generation is ready.
+pub const RESUMING: &str = "resuming normal operations";
 
 /// A running Apache with one SSL virtual host on 127.0.0.1:`port()`.
 /// Stopped (and all its processes killed) on drop; if the test is panicking,
@@ -797,6 +817,8 @@ pub struct Apache {
     pid: Option<u32>,
     /// stdout+stderr of the last apache2 -k command.
     last_output: String,
+    /// "resuming normal operations" lines in the error_log before the last start.
+    start_resuming: usize,
     _tmp: Option<TempDir>,
 }
 
@@ -807,6 +829,19 @@ impl Apache {
     /// On failure everything started is killed and the error contains the
     /// apache2 output and the full error_log.
     pub fn start(opts: ApacheOptions) -> Result<Apache, String> {
+        let mut a = Apache::begin_start(opts)?;
+        a.wait_started()?;
+        Ok(a)
+    }
+
+    /// The first half of [`Apache::start`]: writes the configuration and runs
+    /// `apache2 -k start`, which returns once the daemon has detached, i.e.
+    /// before post_config (and so before the module's startup work) is done.
+    /// Finish with [`wait_started`](Self::wait_started); in between, the
+    /// test can act during startup (e.g. on [`startup_helper_pid`]). The
+    /// returned `Apache` stops everything of its ServerRoot on drop, also if
+    /// it never became ready.
+    pub fn begin_start(opts: ApacheOptions) -> Result<Apache, String> {
         let (root, tmp) = match &opts.server_root {
             Some(r) => {
                 fs::create_dir_all(r).map_err(|e| format!("create {}: {}", r.display(), e))?;
@@ -820,8 +855,8 @@ impl Apache {
             }
         };
         let port = opts.port.unwrap_or_else(free_port);
-        let mut a = Apache { opts, port, root, pid: None, last_output: String::new(), _tmp: tmp };
-        a.try_start_again()?;
+        let mut a = Apache { opts, port, root, pid: None, last_output: String::new(), start_resuming: 0, _tmp: tmp };
+        a.begin_start_again()?;
         Ok(a)
     }
 
@@ -926,18 +961,36 @@ impl Apache {
 
     /// Like [`start_again`](Self::start_again), returning the error.
     pub fn try_start_again(&mut self) -> Result<(), String> {
+        self.begin_start_again()?;
+        self.wait_started()
+    }
+
+    /// `apache2 -k start` with the same ServerRoot, configuration and port,
+    /// without waiting for the server to become ready (see
+    /// [`begin_start`](Self::begin_start)).
+    pub fn begin_start_again(&mut self) -> Result<(), String> {
         if self.is_running() {
             return Err("Apache is already running".into());
         }
         write_config(&self.root, self.port, &self.opts);
         let _ = fs::remove_file(self.pid_file());
-        let before = self.log_count(RESUMING);
+        self.start_resuming = self.log_count(RESUMING);
         let out =
             run_with_timeout(apache_cmd(&self.root, &self.opts.env).arg("-k").arg("start"), Duration::from_secs(30));
         self.last_output = out.combined();
         if !out.success() {
             return Err(self.fail_start(&format!("apache2 -k start failed ({:?})", out.status)));
         }
+        Ok(())
+    }
+
+    /// The second half of a start: waits up to 30 s until the PidFile exists,
+    /// the parent is alive, the port is in LISTEN state and the error log
+    /// shows one more "resuming normal operations" than before the start; then
+    /// (without failing) up to 10 s for all children. On failure everything
+    /// is killed and the error has the apache2 output and the error_log.
+    pub fn wait_started(&mut self) -> Result<(), String> {
+        let before = self.start_resuming;
         let root_arg = self.root.display().to_string();
         let mut dead_since: Option<Instant> = None;
         let mut failure: Option<String> = None;
@@ -1399,4 +1452,340 @@ pub fn curl_get(port: u16, cafile: &Path) -> (bool, String) {
     let out = curl(port, cafile, &["-w", "\n%{http_code}"]);
     let ok = out.success() && out.stdout.trim_end().ends_with("\n200");
     (ok, out.combined())
+}
+
+// ---------------------------------------------------------------------------
+// lifecycle helpers: processes, memory, restarts
+// ---------------------------------------------------------------------------
+
+/// The process name (`/proc/PID/comm`, without the newline), if the process
+/// exists.
+pub fn process_comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{}/comm", pid)).ok().map(|s| s.trim_end_matches('\n').to_string())
+}
+
+/// Resident set size of `pid` in KiB (`VmRSS` from `/proc/PID/status`).
+pub fn vm_rss_kb(pid: u32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{}/status", pid)).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every live process that has `root` (a ServerRoot) as one of its
+/// command-line arguments: the Apache daemon, its children, the module's
+/// startup helper, and leftovers reparented after a crash. Works for servers
+/// started some other way too (e.g. under valgrind, whose command line
+/// contains Apache's).
+pub fn server_root_processes(root: &Path) -> Vec<u32> {
+    processes_with_arg(&root.display().to_string())
+}
+
+/// The process name the module gives its startup helper (after the fix of
+/// the lifecycle issue; older code leaves the helper named like Apache).
+pub const STARTUP_HELPER_COMM: &str = "stapling-helper";
+
+/// The module's startup helper of the server with ServerRoot `root`, while it
+/// runs (post_config, while the parent waits for it), or None.
+///
+/// The daemon is the process of `root` whose parent is not itself a process
+/// of `root`. Its child named [`STARTUP_HELPER_COMM`] is the helper. As a
+/// fallback for code that does not name its helper: the only child of the
+/// daemon while the PidFile (`ROOT/run/httpd.pid`) does not exist yet, i.e.
+/// during startup before any worker was forked.
+pub fn startup_helper_pid(root: &Path) -> Option<u32> {
+    let procs = server_root_processes(root);
+    let daemons: Vec<u32> =
+        procs.iter().copied().filter(|&p| proc_stat(p).map(|(_, pp)| !procs.contains(&pp)).unwrap_or(false)).collect();
+    for &d in &daemons {
+        let kids = children_of(d);
+        if let Some(&h) = kids.iter().find(|&&k| process_comm(k).as_deref() == Some(STARTUP_HELPER_COMM)) {
+            return Some(h);
+        }
+        if !root.join("run/httpd.pid").exists() && kids.len() == 1 {
+            return Some(kids[0]);
+        }
+    }
+    None
+}
+
+impl Apache {
+    /// Runs `apache2 -k ACTION` (e.g. "graceful", "stop") for this server and
+    /// returns at once with its output (30 s timeout), without waiting for
+    /// the effect. Unlike [`graceful`](Self::graceful) and
+    /// [`stop`](Self::stop), the caller observes and times what follows.
+    pub fn k_command(&mut self, action: &str) -> CmdOutput {
+        let out =
+            run_with_timeout(apache_cmd(&self.root, &self.opts.env).arg("-k").arg(action), Duration::from_secs(30));
+        self.last_output = out.combined();
+        out
+    }
+
+    /// See [`startup_helper_pid`].
+    pub fn startup_helper_pid(&self) -> Option<u32> {
+        startup_helper_pid(&self.root)
+    }
+
+    /// See [`server_root_processes`].
+    pub fn server_processes(&self) -> Vec<u32> {
+        server_root_processes(&self.root)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// many certificates, SNI virtual hosts
+// ---------------------------------------------------------------------------
+
+/// A leaf certificate issued by [`issue_leaves`].
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    /// The DNS name it is for, e.g. `site7.test` (also its CN).
+    pub server_name: String,
+    /// `<name>-chain.crt`: the leaf followed by `issuer.crt`.
+    pub chain: PathBuf,
+    /// The private key (shared by all leaves of one [`issue_leaves`] call).
+    pub key: PathBuf,
+    /// Serial number, upper-case hex.
+    pub serial_hex: String,
+}
+
+/// Issues `n` leaf certificates signed by the PKI's intermediate
+/// (`issuer.crt`/`issuer.key`), in Rust (fast: one shared ECDSA P-256 key,
+/// one RSA signature per certificate).
+///
+/// Leaf `i` (1-based) is for `{prefix}{i}.test`: CN and SAN DNS name, plus
+/// SAN `localhost` and `127.0.0.1`; a distinct random serial; valid from one
+/// day ago for ten days; the extensions of mkpki.sh's `ext_leaf`
+/// (CA:FALSE, digitalSignature, serverAuth, subject/authority key ids) and
+/// an AIA OCSP URL of `pki.ocsp_url`. Writes `{prefix}{i}-chain.crt` and
+/// `{prefix}-shared.key` into the PKI directory.
+///
+/// The fixture responder answers UNKNOWN for serials it does not know,
+/// unless told `unknown_serials=good` (see [`Responder::set`]).
+pub fn issue_leaves(pki: &Pki, prefix: &str, n: usize) -> Vec<Leaf> {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::{BigNum, MsbOption};
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::{
+        AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
+        SubjectKeyIdentifier,
+    };
+    use openssl::x509::{X509Builder, X509Extension, X509NameBuilder, X509};
+
+    let issuer_pem = fs::read(pki.path("issuer.crt")).expect("issuer.crt");
+    let issuer = X509::from_pem(&issuer_pem).expect("issuer.crt is PEM");
+    let issuer_key =
+        PKey::private_key_from_pem(&fs::read(pki.path("issuer.key")).expect("issuer.key")).expect("issuer.key");
+
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+    let key_path = pki.path(&format!("{prefix}-shared.key"));
+    fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).unwrap();
+
+    let not_before = Asn1Time::from_unix(unix_time_now() - 86_400).unwrap();
+    let not_after = Asn1Time::days_from_now(9).unwrap();
+    let mut serials = HashSet::new();
+    let mut leaves = Vec::with_capacity(n);
+    for i in 1..=n {
+        let server_name = format!("{prefix}{i}.test");
+        let serial = loop {
+            let mut bn = BigNum::new().unwrap();
+            bn.rand(126, MsbOption::MAYBE_ZERO, false).unwrap();
+            let hex = bn.to_hex_str().unwrap().to_string();
+            if serials.insert(hex.clone()) {
+                break (bn, hex);
+            }
+        };
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "mod_stapling Test").unwrap();
+        name.append_entry_by_nid(Nid::COMMONNAME, &server_name).unwrap();
+        let name = name.build();
+
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(&serial.0.to_asn1_integer().unwrap()).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(issuer.subject_name()).unwrap();
+        b.set_not_before(&not_before).unwrap();
+        b.set_not_after(&not_after).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.append_extension(BasicConstraints::new().critical().build().unwrap()).unwrap();
+        b.append_extension(KeyUsage::new().critical().digital_signature().build().unwrap()).unwrap();
+        b.append_extension(ExtendedKeyUsage::new().server_auth().build().unwrap()).unwrap();
+        let san = SubjectAlternativeName::new()
+            .dns(&server_name)
+            .dns("localhost")
+            .ip("127.0.0.1")
+            .build(&b.x509v3_context(Some(&issuer), None))
+            .unwrap();
+        b.append_extension(san).unwrap();
+        let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(Some(&issuer), None)).unwrap();
+        b.append_extension(ski).unwrap();
+        let aki = AuthorityKeyIdentifier::new().keyid(true).build(&b.x509v3_context(Some(&issuer), None)).unwrap();
+        b.append_extension(aki).unwrap();
+        // The crate has no typed builder for authorityInfoAccess; the config
+        // string form is the one mkpki.sh uses.
+        #[allow(deprecated)]
+        let aia = X509Extension::new_nid(
+            None,
+            Some(&b.x509v3_context(Some(&issuer), None)),
+            Nid::INFO_ACCESS,
+            &format!("OCSP;URI:{}", pki.ocsp_url),
+        )
+        .unwrap();
+        b.append_extension(aia).unwrap();
+        b.sign(&issuer_key, MessageDigest::sha256()).unwrap();
+        let cert = b.build();
+
+        let chain = pki.path(&format!("{prefix}{i}-chain.crt"));
+        let mut pem = cert.to_pem().unwrap();
+        pem.extend_from_slice(&issuer_pem);
+        fs::write(&chain, pem).unwrap();
+        leaves.push(Leaf { server_name, chain, key: key_path.clone(), serial_hex: serial.1 });
+    }
+    leaves
+}
+
+fn unix_time_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// One name-based SSL `<VirtualHost 127.0.0.1:PORT>` per leaf (ServerName
+/// `leaf.server_name`, its chain and key), each with `vhost_conf` inside
+/// (e.g. "Stapling on\n"). Put the result into
+/// [`ApacheOptions::extra_vhosts`] to serve them on the main port beside the
+/// default vhost; clients pick one by SNI.
+pub fn sni_vhosts(port: u16, leaves: &[Leaf], vhost_conf: &str) -> String {
+    let mut c = String::new();
+    for l in leaves {
+        let _ = writeln!(c, "<VirtualHost 127.0.0.1:{}>", port);
+        let _ = writeln!(c, "ServerName {}", l.server_name);
+        let _ = writeln!(c, "SSLEngine on");
+        let _ = writeln!(c, "SSLCertificateFile \"{}\"", l.chain.display());
+        let _ = writeln!(c, "SSLCertificateKeyFile \"{}\"", l.key.display());
+        c.push_str(vhost_conf);
+        if !c.ends_with('\n') {
+            c.push('\n');
+        }
+        let _ = writeln!(c, "</VirtualHost>");
+    }
+    c
+}
+
+/// Like [`s_client_status`] with `-servername SERVERNAME` instead of
+/// `localhost`, to reach a name-based vhost by SNI.
+pub fn s_client_status_sni(port: u16, servername: &str, cafile: &Path, tls: Option<&str>) -> StapleResult {
+    let mut cmd = Command::new("openssl");
+    cmd.arg("s_client")
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{}", port))
+        .arg("-servername")
+        .arg(servername)
+        .arg("-status")
+        .arg("-msg")
+        .arg("-CAfile")
+        .arg(cafile)
+        .arg("-verify_return_error");
+    if let Some(t) = tls {
+        cmd.arg(t);
+    }
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(10));
+    let raw = out.combined();
+    parse_s_client(&raw, out.success())
+}
+
+/// Like [`handshake`] (retried, panics after 4 failures) with SNI
+/// `servername`.
+pub fn handshake_sni(port: u16, servername: &str, cafile: &Path) -> StapleResult {
+    let mut r = s_client_status_sni(port, servername, cafile, None);
+    for _ in 0..3 {
+        if r.exit_ok {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        r = s_client_status_sni(port, servername, cafile, None);
+    }
+    assert!(r.exit_ok, "TLS handshake with 127.0.0.1:{port} (SNI {servername}) failed:\n{}", r.raw);
+    r
+}
+
+/// One plain TLS handshake in-process (no status request, no certificate
+/// verification, no process spawned, so it can be run in a tight loop):
+/// connect to 127.0.0.1:`port` with SNI `servername` and complete the
+/// handshake, each step bounded by `timeout`. Returns the error text on
+/// failure.
+pub fn tls_handshake(port: u16, servername: &str, timeout: Duration) -> Result<(), String> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    b.set_verify(SslVerifyMode::NONE);
+    let connector = b.build();
+    let cfg = connector.configure().map_err(|e| e.to_string())?.verify_hostname(false);
+    let mut tls = cfg.connect(servername, stream).map_err(|e| format!("handshake: {e}"))?;
+    let _ = tls.shutdown();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// a responder that never answers
+// ---------------------------------------------------------------------------
+
+/// A "black-holed" OCSP responder: listens on 127.0.0.1:`port`, accepts
+/// every TCP connection and holds it open without ever reading or writing,
+/// so a client blocks until its own timeout. Runs in a thread of the test
+/// process; stopped (thread joined, connections closed) on drop.
+pub struct BlackHole {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BlackHole {
+    /// Starts listening on `port` (e.g. a [`free_port`]) at once.
+    pub fn start(port: u16) -> BlackHole {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("bind {port}: {e}"));
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (s, a) = (Arc::clone(&stop), Arc::clone(&accepted));
+        let thread = std::thread::Builder::new()
+            .name("black-hole".into())
+            .spawn(move || {
+                let mut held = Vec::new();
+                while !s.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            a.fetch_add(1, Ordering::Relaxed);
+                            held.push(conn);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+            .unwrap();
+        BlackHole { port, stop, accepted, thread: Some(thread) }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
