@@ -21,7 +21,7 @@ const HELPER_GRACE: Duration = Duration::from_secs(2);
 /// At a restart the old children have already stopped accepting (graceful) or are gone,
 /// and the new ones start only after post_config: the parent waits this long at most,
 /// then the children's refreshers fetch whatever the helper did not.
-const RESTART_WAIT: Duration = Duration::from_secs(1);
+const RESTART_WAIT: Duration = Duration::from_millis(500);
 /// Stored files of certificates no longer configured are kept this long.
 const STORE_GRACE: Duration = Duration::from_secs(7 * 86_400);
 
@@ -267,8 +267,8 @@ fn run_startup_helper(runtime: &Runtime, restart: bool) {
             warn!("startup fetch helper was killed by signal {signal}; the children go on fetching in the background")
         }
         process::HelperEnd::TimedOut if restart => info!(
-            "the fetch at restart did not finish within {}s; the children fetch the rest in the background",
-            deadline.as_secs()
+            "the fetch at restart did not finish within {:.1}s; the children fetch the rest in the background",
+            deadline.as_secs_f64()
         ),
         process::HelperEnd::TimedOut => warn!(
             "startup fetch did not finish within {}s; the children go on trying in the background",
