@@ -52,9 +52,14 @@ pub const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
 // small utilities
 // ---------------------------------------------------------------------------
 
-/// Root of the crate (where Cargo.toml is).
+/// Root of the repository (where the module's Cargo.toml is). The benchmark tools in
+/// tools/bench include this harness too; their package sits two levels below it.
 pub fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    match dir.ends_with("tools/bench") {
+        true => dir.ancestors().nth(2).map(Path::to_path_buf).unwrap_or(dir),
+        false => dir,
+    }
 }
 
 /// The built module: `$MOD_STAPLING_SO` if set, else

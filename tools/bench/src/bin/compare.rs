@@ -37,9 +37,6 @@
 //! The markdown report is printed and written to `target/bench-compare.md`; the error
 //! logs of the servers are copied to `target/bench-compare-logs/`.
 
-// First, so that its `env!` (the repository root as CARGO_MANIFEST_DIR) applies to the
-// harness below.
-#[macro_use]
 #[path = "../common/mod.rs"]
 mod bench_common;
 

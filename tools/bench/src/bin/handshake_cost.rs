@@ -43,9 +43,6 @@
 //! callgrind files, one per run and thread, are kept in `target/bench-handshake-cost/`
 //! (`callgrind_annotate --inclusive=yes FILE` shows where the instructions go).
 
-// First, so that its `env!` (the repository root as CARGO_MANIFEST_DIR) applies to the
-// harness below.
-#[macro_use]
 #[path = "../common/mod.rs"]
 mod bench_common;
 

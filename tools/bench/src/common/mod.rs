@@ -2,15 +2,11 @@
 //! (tools/bench/src/bin/): environment knobs, the four server configurations, the TLS
 //! client, the staple check and the machine description for the reports.
 //!
-//! Included by each tool with `#[macro_use] #[path = "../common/mod.rs"] mod
-//! bench_common;`, followed by the integration-test harness
-//! (`#[path = "../../../../tests/common/mod.rs"] mod common;`), which this module uses
-//! as `crate::common`. Cargo does not build it as a binary of its own (only
-//! `src/bin/*.rs` and `src/bin/*/main.rs` are discovered).
-//!
-//! The harness takes the repository root from `env!("CARGO_MANIFEST_DIR")`, which in
-//! this package is tools/bench; the `env!` macro defined below gives it the repository
-//! root instead.
+//! Included by each tool with `#[path = "../common/mod.rs"] mod bench_common;`, beside
+//! the integration-test harness (`#[path = "../../../../tests/common/mod.rs"] mod
+//! common;`), which this module uses as `crate::common` and which finds the repository
+//! root itself. Cargo does not build it as a binary of its own (only `src/bin/*.rs` and
+//! `src/bin/*/main.rs` are discovered).
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
@@ -32,37 +28,6 @@ use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::X509;
 
 use crate::common::{manifest_dir, ApacheOptions, Mpm, Pki, APACHE_BIN, APACHE_MODULES};
-
-// ---------------------------------------------------------------------------
-// repository root
-// ---------------------------------------------------------------------------
-
-/// `env!` for the integration-test harness: `env!("CARGO_MANIFEST_DIR")` is the
-/// repository root ([`repo_root`]), where the harness expects scripts/mkpki.sh,
-/// tests/fixtures/ and target/release/libmod_stapling.so, as when these tools were
-/// benches of the root package. Any other variable: the built-in `env!`.
-///
-/// A `macro_rules!` macro shadows the built-in one in its textual scope; the
-/// `#[macro_use]` on `mod bench_common;` extends that scope over the rest of the
-/// binary's root file, including `mod common;` (tests/common/mod.rs).
-macro_rules! env {
-    ("CARGO_MANIFEST_DIR") => {
-        $crate::bench_common::repo_root()
-    };
-    ($($arg:tt)*) => {
-        ::std::env!($($arg)*)
-    };
-}
-
-/// The repository root: two levels above this package (tools/bench).
-pub fn repo_root() -> &'static str {
-    // The built-in env!, not the one above.
-    Path::new(::std::env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .and_then(Path::to_str)
-        .expect("tools/bench is two levels below the repository root")
-}
 
 // ---------------------------------------------------------------------------
 // environment
