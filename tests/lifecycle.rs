@@ -13,6 +13,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// These tests measure time and memory, so they run one at a time, not beside each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A fixture whose responder also answers "good" for the leaves the tests issue.
 fn fixture(initial: &str) -> Fixture {
     let s = Fixture::new(initial);
@@ -44,6 +51,7 @@ fn assert_good(r: &StapleResult, what: &str) {
 
 #[test]
 fn graceful_restarts_do_not_grow_the_parent() {
+    let _serial = one_at_a_time();
     const WARMUP: u32 = 5;
     const MEASURED: u32 = 30;
     let s = fixture("mode=good");
@@ -161,6 +169,7 @@ fn mentions_module(record: &str) -> bool {
 
 #[test]
 fn valgrind_finds_no_leak_from_the_module_over_graceful_restarts() {
+    let _serial = one_at_a_time();
     const RESTARTS: usize = 4;
     if Command::new("valgrind").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
         let out = run_with_timeout(
@@ -282,6 +291,7 @@ fn server_with_a_fetch_in_flight() -> (Fixture, Apache) {
 
 #[test]
 fn stop_with_a_slow_responder_is_prompt() {
+    let _serial = one_at_a_time();
     let (_s, mut apache) = server_with_a_fetch_in_flight();
     let parent = apache.pid();
     let t = Instant::now();
@@ -309,6 +319,7 @@ fn stop_with_a_slow_responder_is_prompt() {
 
 #[test]
 fn graceful_restart_with_a_slow_responder_is_prompt() {
+    let _serial = one_at_a_time();
     let (_s, mut apache) = server_with_a_fetch_in_flight();
     let old = apache.child_pids();
     assert!(!old.is_empty());
@@ -433,6 +444,7 @@ fn handshakes_across_a_graceful(apache: &mut Apache, names: &[String], window: D
 
 #[test]
 fn black_holed_responder_does_not_block_a_graceful_reload() {
+    let _serial = one_at_a_time();
     const CERTS: usize = 300;
     const WINDOW: Duration = Duration::from_secs(15);
     let hole = BlackHole::start(free_port());
@@ -486,6 +498,7 @@ fn secs_or_more(d: Option<Duration>, limit: Duration) -> String {
 
 #[test]
 fn killed_startup_helper_leaves_no_lease_behind() {
+    let _serial = one_at_a_time();
     let s = Fixture::new("mode=good&delay=30");
     let mut o = ApacheOptions::for_pki(&s.pki);
     o.vhost_conf = "Stapling on\nStaplingResponderTimeout 40\n".into();
