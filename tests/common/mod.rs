@@ -1285,23 +1285,7 @@ impl Fixture {
 /// -msg -CAfile CAFILE -verify_return_error [TLS]` with stdin from /dev/null
 /// and a 10 s timeout. `tls` is e.g. `Some("-tls1_2")` or `Some("-tls1_3")`.
 pub fn s_client_status(port: u16, cafile: &Path, tls: Option<&str>) -> StapleResult {
-    let mut cmd = Command::new("openssl");
-    cmd.arg("s_client")
-        .arg("-connect")
-        .arg(format!("127.0.0.1:{}", port))
-        .arg("-servername")
-        .arg("localhost")
-        .arg("-status")
-        .arg("-msg")
-        .arg("-CAfile")
-        .arg(cafile)
-        .arg("-verify_return_error");
-    if let Some(t) = tls {
-        cmd.arg(t);
-    }
-    let out = run_with_timeout(&mut cmd, Duration::from_secs(10));
-    let raw = out.combined();
-    parse_s_client(&raw, out.success())
+    s_client_status_sni(port, "localhost", cafile, tls)
 }
 
 fn parse_s_client(raw: &str, exit_ok: bool) -> StapleResult {
