@@ -429,6 +429,16 @@ impl Runtime {
         }
     }
 
+    /// Removes stored responses of certificates no longer configured, once unused for
+    /// `grace`. Runs unprivileged (in the startup helper).
+    pub fn prune_disk(&self, grace: Duration) {
+        let Some(disk) = &self.disk else { return };
+        let keys: Vec<CertKey> = self.certs.iter().map(|c| c.info.key).collect();
+        for name in disk.prune(&keys, grace) {
+            info!("removed stored response {name}: its certificate is no longer configured");
+        }
+    }
+
     /// One pass of the background refresher over every certificate. It returns early
     /// when `stop` is requested or a newer generation took over, between certificates
     /// and during a fetch.

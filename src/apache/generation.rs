@@ -164,12 +164,6 @@ fn start_generation(main: &Server<'_>, registry: Registry) -> Option<Arc<Runtime
         }
     };
     run_startup_helper(&runtime, is_restart());
-    if let Some(disk) = &runtime.disk {
-        let keys: Vec<CertKey> = runtime.certs.iter().map(|c| c.info.key).collect();
-        for name in disk.prune(&keys, STORE_GRACE) {
-            info!("removed stored response {name}: its certificate is no longer configured");
-        }
-    }
     Some(runtime)
 }
 
@@ -259,7 +253,12 @@ fn run_startup_helper(runtime: &Runtime, restart: bool) {
     let longest = runtime.certs.iter().map(|c| c.settings.responder_timeout).max().unwrap_or_default();
     let (uid, gid) = server_user();
     let deadline = if restart { RESTART_WAIT } else { longest + HELPER_GRACE };
-    let helper = process::run_helper(uid, gid, deadline, || runtime.startup_pass());
+    // The store is pruned by the helper, as the server user: its entries are that
+    // user's, so root never acts on them.
+    let helper = process::run_helper(uid, gid, deadline, || {
+        runtime.prune_disk(STORE_GRACE);
+        runtime.startup_pass();
+    });
     match helper.end {
         process::HelperEnd::Exited(0) => {}
         process::HelperEnd::Exited(code) => warn!("startup fetch helper exited with status {code}"),
