@@ -508,19 +508,20 @@ impl<'a> SharedStore<'a> {
     }
 
     /// Records the outcome of a fetch and lets go of the lease. Fails with `LostLease`
-    /// (recording nothing) if the lease expired and another process took it.
+    /// (recording nothing) if the lease expired and another process took it, or `Busy`
+    /// (recording nothing, but still letting go) if another live process kept writing.
     pub fn release(&self, lease: Lease, schedule: Schedule) -> Result<(), StoreError> {
         let slot = lease.slot;
-        self.under_lease(&lease, || {
+        let recorded = self.under_lease(&lease, || {
             self.word(slot, W_NEXT_FETCH).store(schedule.next_fetch.map_or(0, UnixTime::to_word), Ordering::Relaxed);
             self.word(slot, W_FAILURES).store(u64::from(schedule.failures), Ordering::Relaxed);
             if let Some(t) = schedule.fetched_ok_at {
                 self.word(slot, W_LAST_OK).store(t.to_word(), Ordering::Relaxed);
             }
-        })?;
-        // Losing the race here only means someone took over an expired lease.
-        let _ = self.word(slot, W_LEASE).compare_exchange(lease.token, 0, Ordering::AcqRel, Ordering::Acquire);
-        Ok(())
+        });
+        // Fails harmlessly when someone already took over an expired lease.
+        self.abandon(lease);
+        recorded
     }
 
     /// Lets go of a lease without recording anything (a fetch that was abandoned).
@@ -804,6 +805,10 @@ mod tests {
         s.word(slot, W_WRITER).store(u64::from(parent), Ordering::Relaxed);
         let lease = s.try_lease(slot, t(1), TTL).unwrap();
         assert_eq!(s.publish(&lease, &good(b"x", 1, 10), t(1)), Err(StoreError::Busy));
+        let schedule = Schedule { next_fetch: Some(t(99)), failures: 1, fetched_ok_at: None };
+        assert_eq!(s.release(lease, schedule), Err(StoreError::Busy));
+        assert_eq!(s.state(slot).next_fetch, None, "nothing recorded");
+        assert!(s.try_lease(slot, t(2), TTL).is_some(), "but the lease is let go");
     }
 
     #[test]
