@@ -198,9 +198,8 @@ impl Runtime {
         }
         match self.load_stored(i) {
             Some((der, verified)) => {
-                let schedule = self.store.state(slot).schedule();
-                self.publish(i, lease, &der, &verified, schedule.failures, false)
-                    == Attempt::Published(slot_status(&verified))
+                let failures = self.store.state(slot).failures;
+                matches!(self.publish(i, lease, &der, &verified, failures, false), Attempt::Published(_))
             }
             None => {
                 self.store.abandon(lease);

@@ -27,7 +27,7 @@ const STORE_GRACE: Duration = Duration::from_secs(7 * 86_400);
 
 /// What one configuration pass collects between pre_config and post_config.
 #[derive(Default)]
-pub(super) struct Pass {
+struct Pass {
     registry: Registry,
     notes: Vec<String>,
 }
