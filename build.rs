@@ -51,6 +51,7 @@ fn main() {
         .allowlist_function("apr_pool_userdata_(get|set)|apr_pool_cleanup_(register|null|kill)")
         .allowlist_function("apr_pstrmemdup|apr_palloc|ap_check_cmd_context|ap_find_linked_module")
         .allowlist_function("ap_mpm_query|ap_server_root_relative|ap_state_query|ap_ssl_add_cert_files|apr_array_make")
+        .allowlist_function("ap_ssl_var_lookup")
         .allowlist_var("ap_unixd_config|ap_top_module|ap_server_conf")
         .allowlist_var("MODULE_MAGIC_.*|AP_MPMQ_.*|AP_SQ_.*|GLOBAL_ONLY|NOT_IN_.*|APLOG_.*")
         // The hook types, so that each Rust hook function is checked against its C type.

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use mod_stapling::cert::CertInfo;
 use mod_stapling::config::ServerConfig;
 use mod_stapling::engine::{ManagedCert, Runtime};
-use mod_stapling::store::{
-    region_words, Publish, Schedule, SharedStore, SlotStatus, StapleBuffer, DEFAULT_SLOT_DER_BYTES,
-};
+use mod_stapling::store::{Layout, Publish, Schedule, SharedStore, SlotStatus, StapleBuffer};
 use mod_stapling::time::{Clock, SystemClock, UnixTime};
 use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
@@ -39,8 +37,8 @@ fn dummy_cert(serial: u32) -> X509 {
 
 fn runtime(certs: usize) -> Runtime {
     let words: &'static [AtomicU64] =
-        Box::leak((0..region_words(certs, DEFAULT_SLOT_DER_BYTES)).map(|_| AtomicU64::new(0)).collect());
-    let store = SharedStore::attach(words, DEFAULT_SLOT_DER_BYTES).unwrap();
+        Box::leak((0..Layout::for_certs(certs).words()).map(|_| AtomicU64::new(0)).collect());
+    let store = SharedStore::attach(words, Layout::for_certs(certs), certs).unwrap();
     let managed = (0..certs)
         .map(|i| {
             let cert = dummy_cert(i as u32 + 1);

@@ -107,6 +107,12 @@ impl Registry {
     }
 }
 
+/// Largest response stapled in a TLS 1.2 handshake. OpenSSL clients (curl, wget,
+/// `openssl s_client`) refuse a CertificateStatus message over 16 KiB with a fatal
+/// alert, so a larger response goes only into TLS 1.3 handshakes, where it travels in
+/// the Certificate message.
+pub const MAX_TLS12_STAPLE: usize = 16 * 1024 - 4;
+
 /// Everything one process needs to staple and refresh, for one configuration generation.
 pub struct Runtime {
     /// The shared store.
@@ -307,6 +313,15 @@ impl Runtime {
                     self.save_to_disk(cert, der);
                 }
                 self.log_published(cert, v, &previous, now.seconds_until(plan.next_fetch), fresh);
+                if der.len() > MAX_TLS12_STAPLE && previous.status == SlotStatus::Empty {
+                    warn!(
+                        "{}: the response from {} is {} bytes, too large for TLS 1.2 clients built on OpenSSL \
+                         (at most {MAX_TLS12_STAPLE}), so it is stapled in TLS 1.3 handshakes only",
+                        cert.describe(),
+                        cert.url,
+                        der.len()
+                    );
+                }
             }
             _ => debug!("{}: the store holds a newer response than the one just fetched; keeping it", cert.info.label),
         }
@@ -463,7 +478,7 @@ mod tests {
     use super::*;
     use crate::config::ServerConfig;
     use crate::ocsp::FetchError;
-    use crate::store::{region_words, DEFAULT_SLOT_DER_BYTES};
+    use crate::store::Layout;
     use crate::testpki::{self, Index, Opts};
     use crate::time::{ManualClock, SystemClock};
     use crate::transport::Abandonable;
@@ -514,8 +529,8 @@ mod tests {
     /// (the test responses are valid for a day from now).
     fn runtime_with_clock(disk: Option<DiskStore>) -> (Runtime, Arc<ManualClock>) {
         let words: &'static [AtomicU64] =
-            Box::leak((0..region_words(4, DEFAULT_SLOT_DER_BYTES)).map(|_| AtomicU64::new(0)).collect());
-        let store = SharedStore::attach(words, DEFAULT_SLOT_DER_BYTES).unwrap();
+            Box::leak((0..Layout::for_certs(4).words()).map(|_| AtomicU64::new(0)).collect());
+        let store = SharedStore::attach(words, Layout::for_certs(4), 4).unwrap();
         let clock = Arc::new(ManualClock::at(SystemClock.now()));
         (Runtime::new(store, vec![managed("leaf")], disk, clock.clone()).unwrap(), clock)
     }

@@ -174,19 +174,6 @@ fn bad_responder_answers_are_never_stapled_and_apache_keeps_serving() {
 }
 
 #[test]
-fn a_store_too_small_for_the_certificates_is_an_error_at_startup() {
-    let fx = Fixture::openssl();
-    let pki = &fx.pki;
-    let mut opts = stapling_opts(pki, Mpm::Prefork, 1);
-    opts.global_conf = "StaplingCache shmcb:/unused(8192)\n".into();
-    let apache = Apache::start(opts).expect("apache");
-    let log = apache.error_log();
-    assert!(log.lines().any(|l| l.contains("[stapling:error]") && l.contains("StaplingCache is too small")), "{log}");
-    let (ok, out) = curl_get(apache.port(), &pki.path("root.crt"));
-    assert!(ok, "Apache keeps serving: {out}");
-}
-
-#[test]
 fn force_url_overrides_the_certificates_responder() {
     let tmp = tempfile::tempdir().unwrap();
     let dead = free_port(); // nothing listens here: the AIA URL must not be used

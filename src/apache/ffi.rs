@@ -18,3 +18,5 @@ pub const DECLINE_CMD: &[u8] = b"\x07\x08\0";
 pub const OK: i32 = 0;
 /// The hook declines.
 pub const DECLINED: i32 = -1;
+/// A hook failed: from post_config, Apache stops with "Configuration Failed".
+pub const HTTP_INTERNAL_SERVER_ERROR: i32 = 500;

@@ -13,7 +13,7 @@ use super::{ffi, process, shm};
 use crate::cert::{CertInfo, CertKey};
 use crate::config::ServerConfig;
 use crate::engine::{ManagedCert, PrimeDecision, Registry, Runtime};
-use crate::store::{region_words, slots_in, DiskStore, SharedStore, DEFAULT_SLOT_DER_BYTES};
+use crate::store::{DiskStore, Layout, SharedStore};
 use crate::time::SystemClock;
 
 /// Seconds added to the responder timeout while the parent waits for the startup helper.
@@ -70,19 +70,24 @@ pub(super) fn prime(server: &Server<'_>, key: CertKey, pem: &str) -> bool {
     decision == PrimeDecision::Take
 }
 
+/// The configuration cannot start (the reason is logged).
+#[derive(Debug)]
+pub(super) struct StartFailed;
+
 /// post_config of the real pass: report what the pass found, start the runtime and
 /// hand it to every server's config.
-pub(super) fn finish(main: Server<'_>) {
+pub(super) fn finish(main: Server<'_>) -> Result<(), StartFailed> {
     let pass = with_pass(main.config_pool(), std::mem::take);
     report_load_order(main.config().is_none_or(|c| c.settings.compatibility()));
     pass.notes.iter().chain(pass.registry.no_url.iter().map(|(_, line)| line)).for_each(|n| info!("{n}"));
     report_unprimed_vhosts(main, &pass.registry);
-    let Some(runtime) = start_generation(&main, pass.registry) else { return };
+    let Some(runtime) = start_generation(&main, pass.registry)? else { return Ok(()) };
     for server in main.with_following() {
         if let Some(cfg) = server.config() {
             let _ = cfg.runtime.set(Arc::clone(&runtime));
         }
     }
+    Ok(())
 }
 
 /// Modules loaded later are searched first for a directive, so compatibility mode
@@ -134,25 +139,26 @@ fn report_unprimed_vhosts(main: Server<'_>, registry: &Registry) {
 
 /// The runtime for the certificates mod_ssl primed in this pass, with responses fetched
 /// (or restored) before it returns; `None` when there is nothing to staple.
-fn start_generation(main: &Server<'_>, registry: Registry) -> Option<Arc<Runtime>> {
-    let main_cfg = &main.config()?.settings;
+fn start_generation(main: &Server<'_>, registry: Registry) -> Result<Option<Arc<Runtime>>, StartFailed> {
+    let Some(main_cfg) = main.config().map(|c| &c.settings) else { return Ok(None) };
     let mut certs = registry.certs;
     if certs.is_empty() {
-        return None;
+        return Ok(None);
     }
-    let slots = plan_slots(&mut certs, main_cfg.cache_spec().and_then(|c| c.size));
-    let words = match shm::region(main.process_pool(), region_words(slots, DEFAULT_SLOT_DER_BYTES)) {
-        Ok(words) => words,
-        Err(e) => {
-            error!("{e}; OCSP stapling is off until the next restart");
-            return None;
-        }
-    };
-    let store = match SharedStore::attach(words, DEFAULT_SLOT_DER_BYTES) {
+    let layout = plan_layout(&mut certs, main_cfg.cache_spec().and_then(|c| c.size))?;
+    if certs.is_empty() {
+        return Ok(None);
+    }
+    let count = certs.len();
+    let mapped = shm::region(main.process_pool(), layout.words(), |old| SharedStore::adoptable(old, count).is_some());
+    let store = mapped
+        .map_err(|e| e.to_string())
+        .and_then(|words| SharedStore::attach(words, layout, count).map_err(|e| format!("{e} ({count} certificates)")));
+    let store = match store {
         Ok(store) => store,
         Err(e) => {
             error!("{e}; OCSP stapling is off until the next restart");
-            return None;
+            return Ok(None);
         }
     };
     let disk = disk_store(main, main_cfg);
@@ -160,29 +166,40 @@ fn start_generation(main: &Server<'_>, registry: Registry) -> Option<Arc<Runtime
         Ok(r) => Arc::new(r),
         Err(e) => {
             error!("{e}: cannot place every certificate; OCSP stapling is off until the next restart");
-            return None;
+            return Ok(None);
         }
     };
     run_startup_helper(&runtime, is_restart());
-    Some(runtime)
+    Ok(Some(runtime))
 }
 
-/// Slots for the shared store: what `StaplingCache` allows (dropping, loudly, the
-/// certificates that do not fit), or room to grow at a graceful restart.
-fn plan_slots(certs: &mut Vec<ManagedCert>, cache_bytes: Option<usize>) -> usize {
-    let Some(bytes) = cache_bytes else { return (certs.len() * 2).max(16) };
-    let fit = slots_in(bytes, DEFAULT_SLOT_DER_BYTES);
-    if fit < certs.len() {
-        let configured = certs.len();
-        let dropped: Vec<String> = certs.drain(fit..).map(|c| c.info.label).collect();
-        error!(
-            "StaplingCache is too small: {fit} responses fit, {configured} certificates are configured. Not \
-             stapled: {}. Raise the size in StaplingCache/SSLStaplingCache to at least {} bytes",
-            dropped.join(", "),
-            region_words(configured, DEFAULT_SLOT_DER_BYTES) * 8
-        );
+/// The shared store's layout: sized from the certificates, and capped by the size in
+/// `StaplingCache` if one is given. A cap too small for every certificate fails the
+/// start, naming the certificates that do not fit; at a restart, which must not take
+/// the server down, those certificates are left unstapled instead.
+fn plan_layout(certs: &mut Vec<ManagedCert>, cap_bytes: Option<usize>) -> Result<Layout, StartFailed> {
+    let Some(cap) = cap_bytes else { return Ok(Layout::for_certs(certs.len())) };
+    let too_small = match Layout::capped(certs.len(), cap) {
+        Ok(layout) => return Ok(layout),
+        Err(too_small) => too_small,
+    };
+    let configured = certs.len();
+    let left_out: Vec<String> = certs.drain(too_small.fit..).map(|c| c.info.label).collect();
+    let consequence =
+        if is_restart() { "Apache keeps running, without stapling for those" } else { "Apache does not start" };
+    error!(
+        "StaplingCache size {cap} is too small: it holds {} of the {configured} certificates. Not stapled: {}. \
+         Raise the size to at least {} bytes ({} bytes also leave room for large responses and for certificates a \
+         graceful restart adds), or leave the size out to size the store from the certificates. {consequence}",
+        too_small.fit,
+        left_out.join(", "),
+        too_small.needed_bytes,
+        too_small.planned_bytes
+    );
+    if !is_restart() {
+        return Err(StartFailed);
     }
-    fit.max(1)
+    Layout::capped(certs.len(), cap).map_err(|_| StartFailed)
 }
 
 fn server_user() -> (u32, u32) {

@@ -10,6 +10,7 @@ use super::handles::{text, Pool, Server};
 use super::{ffi, generation, log as aplog, refresher, server};
 use crate::cert::CertKey;
 use crate::config::{Context, Outcome};
+use crate::engine::MAX_TLS12_STAPLE;
 use crate::store::StapleBuffer;
 
 /// The module record Apache finds with `LoadModule stapling_module`. Rust owns it so that
@@ -132,12 +133,29 @@ pub unsafe extern "C" fn stapling_rs_ocsp_prime(
     })
 }
 
+/// True if the connection negotiated TLS 1.3. Asked of mod_ssl only for the rare
+/// response too large for a TLS 1.2 CertificateStatus message.
+///
+/// # Safety
+/// `s` and `c` are the live server and connection of the handshake (`c` may be NULL).
+unsafe fn negotiated_tls13(s: *mut ffi::server_rec, c: *mut ffi::conn_rec) -> bool {
+    if c.is_null() {
+        return false;
+    }
+    // SAFETY: per the contract; mod_ssl answers from the connection's SSL, allocating
+    // the result in the connection's pool, and returns NULL or a C string.
+    unsafe {
+        let version = ffi::ap_ssl_var_lookup((*c).pool, s, c, ptr::null_mut(), c"SSL_PROTOCOL".as_ptr());
+        !version.is_null() && std::ffi::CStr::from_ptr(version).to_bytes() == b"TLSv1.3"
+    }
+}
+
 /// The handshake path: copy the shared response out and hand it to mod_ssl.
 /// No lock, no I/O, no parsing; the only allocation is the reusable copy buffer.
 #[no_mangle]
 pub unsafe extern "C" fn stapling_rs_ocsp_get_resp(
     s: *mut ffi::server_rec,
-    _c: *mut ffi::conn_rec,
+    c: *mut ffi::conn_rec,
     id: *const c_char,
     id_len: usize,
     cb: ffi::ap_ssl_ocsp_copy_resp,
@@ -153,6 +171,12 @@ pub unsafe extern "C" fn stapling_rs_ocsp_get_resp(
         let Some(runtime) = server.runtime() else { return ffi::DECLINED };
         BUFFER.with_borrow_mut(|buf| match runtime.staple(&key, buf) {
             None => ffi::DECLINED,
+            // SAFETY: `c` is the live connection being handshaken, or NULL.
+            Some(true) if buf.bytes().len() > MAX_TLS12_STAPLE && !unsafe { negotiated_tls13(s, c) } => {
+                // SAFETY: NULL/0 is the documented "no response" call.
+                unsafe { cb(ptr::null(), 0, userdata) };
+                ffi::OK
+            }
             Some(true) => {
                 let der = buf.bytes();
                 // SAFETY: `der` is valid for the duration of the callback, which copies it.
@@ -182,8 +206,9 @@ pub unsafe extern "C" fn stapling_rs_post_config(
         aplog::init(main.as_ptr());
         // SAFETY: a plain query of Apache's state.
         let state = unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE as c_int) };
-        if state != ffi::AP_SQ_MS_CREATE_PRE_CONFIG as c_int {
-            generation::finish(main); // not the dry run, whose config pool is cleared unused
+        // Not the dry run, whose config pool is cleared unused.
+        if state != ffi::AP_SQ_MS_CREATE_PRE_CONFIG as c_int && generation::finish(main).is_err() {
+            return ffi::HTTP_INTERNAL_SERVER_ERROR;
         }
         ffi::OK
     })

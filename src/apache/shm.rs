@@ -10,8 +10,8 @@ use super::handles::{Pool, Userdata};
 
 /// Named after the store's layout: a module of another version (loaded by a graceful
 /// restart) maps its own region instead of reformatting one that old children read.
-static REGION: Userdata<Region> = Userdata::new(c"mod_stapling.shared_region.v2");
-const _: () = assert!(crate::store::LAYOUT_VERSION == 2, "rename the REGION userdata");
+static REGION: Userdata<Region> = Userdata::new(c"mod_stapling.shared_region.v3");
+const _: () = assert!(crate::store::LAYOUT_VERSION == 3, "rename the REGION userdata");
 
 /// A mapping, as kept in process-pool memory.
 struct Region {
@@ -19,18 +19,23 @@ struct Region {
     words: usize,
 }
 
-/// The shared region of at least `words` words, reusing the one mapped before a restart
-/// when it is large enough.
-pub(crate) fn region(process_pool: Pool<'_>, words: usize) -> Result<&'static [AtomicU64], String> {
+/// The region mapped before a restart if `reusable` accepts it, else a new one of
+/// `words` words. A new mapping is zero and takes no memory until its pages are touched.
+pub(crate) fn region(
+    process_pool: Pool<'_>,
+    words: usize,
+    reusable: impl FnOnce(&[AtomicU64]) -> bool,
+) -> Result<&'static [AtomicU64], String> {
     if let Some(r) = process_pool.get(&REGION) {
-        if r.words >= words {
-            // SAFETY: base..base+words*8 is a live MAP_SHARED mapping that is never
-            // unmapped while the process lives; AtomicU64 has u64's layout and the
-            // mapping is page-aligned.
-            return Ok(unsafe { std::slice::from_raw_parts(r.base.cast::<AtomicU64>(), r.words) });
+        // SAFETY: base..base+words*8 is a live MAP_SHARED mapping that is never
+        // unmapped while the process lives; AtomicU64 has u64's layout and the
+        // mapping is page-aligned.
+        let old = unsafe { std::slice::from_raw_parts(r.base.cast::<AtomicU64>(), r.words) };
+        if reusable(old) {
+            return Ok(old);
         }
-        // Too small: map a bigger one. The old mapping stays for children of the old
-        // generation, which still read it until they exit.
+        // Map another one. The old mapping stays for children of the old generation,
+        // which still read it until they exit.
     }
     let bytes = words.checked_mul(8).ok_or("shared region size overflows")?;
     // SAFETY: an anonymous shared mapping with no address hint; the result is checked.

@@ -5,6 +5,6 @@ pub mod shared;
 
 pub use disk::DiskStore;
 pub use shared::{
-    region_words, slots_in, supersedes, Lease, Publish, Published, Schedule, SharedStore, SlotState, SlotStatus,
-    StapleBuffer, StoreError, DEFAULT_SLOT_DER_BYTES, LAYOUT_VERSION,
+    supersedes, CapTooSmall, Layout, Lease, Publish, Published, Schedule, SharedStore, SlotState, SlotStatus,
+    StapleBuffer, StoreError, INLINE_DER_BYTES, LARGE_DER_BYTES, LAYOUT_VERSION,
 };

@@ -1,12 +1,18 @@
-//! The shared response store: fixed-size slots in memory that every Apache process maps.
+//! The shared response store: slots in memory that every Apache process maps.
 //!
 //! The region is a slice of `AtomicU64` words (mapped by `apache::shm`), so this module
-//! is safe Rust. Each slot is published with a seqlock: a writer makes the sequence odd,
-//! writes, and makes it even; a reader copies the DER out and retries if the sequence
-//! moved. Readers never wait on a writer for more than a few retries, and a writer
-//! that died mid-write (odd sequence) only costs readers that one slot until the next
-//! writer repairs it. Refresh coordination (lease, schedule, failure count) lives in
-//! plain atomics beside the payload.
+//! is safe Rust. It holds a one-page header, one 4 KiB slot per certificate (with
+//! headroom), and an area of 64 KiB buffers that a slot borrows when its response does
+//! not fit inline. Each slot is published with a seqlock: a writer makes the sequence
+//! odd, writes, and makes it even; a reader copies the DER out and retries if the
+//! sequence moved. Readers never wait on a writer for more than a few retries, and a
+//! writer that died mid-write (odd sequence) only costs readers that one slot until the
+//! next writer repairs it. Refresh coordination (lease, schedule, failure count) lives
+//! in plain atomics beside the payload.
+//!
+//! Pages of an anonymous shared mapping become resident when first touched, so nothing
+//! here walks the whole region: slots beyond the high-water mark are never read, and a
+//! large buffer is touched only by the response stored in it.
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,18 +20,26 @@ use std::time::Duration;
 use crate::cert::CertKey;
 use crate::time::UnixTime;
 
-/// Words in the region header.
-const HEADER_WORDS: usize = 8;
+/// Words in the region header: one page, so that slots are page-aligned.
+const HEADER_WORDS: usize = 512;
 /// Header word 0: identifies a formatted region.
 const MAGIC: u64 = 0x6d6f_645f_7374_6170; // "mod_stap"
-/// Layout version; bump when the slot layout changes.
-pub const LAYOUT_VERSION: u64 = 2;
+/// Layout version; bump when the layout changes.
+pub const LAYOUT_VERSION: u64 = 3;
+const H_MAGIC: usize = 0;
+const H_VERSION: usize = 1;
+const H_SLOTS: usize = 2;
+const H_LARGE: usize = 3;
 /// Header word 4: the configuration generation that owns the store.
 const H_GENERATION: usize = 4;
 /// Header word 5: the last lease serial handed out.
 const H_LEASE_SERIAL: usize = 5;
+/// Header word 6: slots at or above this index have never held a key.
+const H_HIGH_WATER: usize = 6;
 
-/// Per-slot metadata words before the DER payload.
+/// Words per slot: one page.
+const SLOT_WORDS: usize = 512;
+/// Per-slot metadata words before the inline DER payload.
 const META_WORDS: usize = 18;
 const W_SEQ: usize = 0;
 const W_KEY: usize = 1; // three words: 20-byte key, zero padded
@@ -45,16 +59,103 @@ const W_LAST_OK: usize = 14;
 const W_LEASE_PID: usize = 15;
 /// The pid writing the slot (0: nobody): the one-writer lock under the seqlock.
 const W_WRITER: usize = 16;
+/// The large buffer holding the DER, plus one (0: the DER is inline).
+const W_LARGE: usize = 17;
 
-/// Largest DER a slot holds by default: a response with a delegated responder
-/// certificate is typically 1.5–3 KiB.
-pub const DEFAULT_SLOT_DER_BYTES: usize = 10 * 1024;
+/// Largest DER held inline in a slot; typical responses (0.5–3 KiB) fit.
+pub const INLINE_DER_BYTES: usize = (SLOT_WORDS - META_WORDS) * 8;
+/// Words per large buffer.
+const LARGE_WORDS: usize = 8192;
+/// Largest DER the store holds: the fetch limit.
+pub const LARGE_DER_BYTES: usize = LARGE_WORDS * 8;
+const _: () = assert!(LARGE_DER_BYTES as u64 == crate::ocsp::MAX_RESPONSE_BYTES);
+
+/// Slots with no `StaplingCache` size: room for twice the certificates, so that a
+/// graceful restart can add some and keep the mapping (and every response in it).
+const HEADROOM_FACTOR: usize = 2;
+const MIN_SLOTS: usize = 16;
+/// One large buffer per this many slots (at least `MIN_LARGE`): responses over
+/// [`INLINE_DER_BYTES`] are rare (a responder that packs many SingleResponses).
+const SLOTS_PER_LARGE: usize = 4;
+const MIN_LARGE: usize = 8;
+
 /// The longest lease anyone takes: the longest responder timeout plus slack.
 pub const MAX_LEASE: Duration = Duration::from_secs(600);
 /// Reader retries before it gives up on a slot that is being written.
 const READ_RETRIES: usize = 64;
 /// Writer attempts before it gives up on a slot another live process is writing.
 const CLAIM_RETRIES: usize = 10_000;
+
+/// The shape of a region: how many slots, and how many large buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Slots, one per certificate.
+    pub slots: usize,
+    /// 64 KiB buffers for responses that do not fit inline.
+    pub large: usize,
+}
+
+/// A `StaplingCache` size too small for the configured certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapTooSmall {
+    /// Certificates that fit.
+    pub fit: usize,
+    /// The smallest size that holds every certificate.
+    pub needed_bytes: usize,
+    /// The size the store takes without a cap.
+    pub planned_bytes: usize,
+}
+
+impl Layout {
+    /// The layout for `certs` certificates with no size given: headroom for a graceful
+    /// restart that adds certificates, and large buffers for a share of them.
+    pub fn for_certs(certs: usize) -> Layout {
+        let slots = certs.saturating_mul(HEADROOM_FACTOR).max(MIN_SLOTS);
+        Layout { slots, large: (slots / SLOTS_PER_LARGE).max(MIN_LARGE) }
+    }
+
+    /// The layout for `certs` certificates in at most `cap_bytes`: the uncapped layout
+    /// if it fits, else every certificate first, then large buffers, then headroom.
+    pub fn capped(certs: usize, cap_bytes: usize) -> Result<Layout, CapTooSmall> {
+        let planned = Layout::for_certs(certs);
+        if planned.bytes() <= cap_bytes {
+            return Ok(planned);
+        }
+        let bare = Layout { slots: certs, large: 0 };
+        if bare.bytes() > cap_bytes {
+            let fit = cap_bytes.saturating_sub(HEADER_WORDS * 8) / (SLOT_WORDS * 8);
+            return Err(CapTooSmall {
+                fit: fit.min(certs),
+                needed_bytes: bare.bytes(),
+                planned_bytes: planned.bytes(),
+            });
+        }
+        let large = (0..=planned.large).rev().find(|&large| Layout { slots: certs, large }.bytes() <= cap_bytes);
+        let large = large.unwrap_or(0);
+        let spare = cap_bytes - Layout { slots: certs, large }.bytes();
+        let slots = (certs + spare / (SLOT_WORDS * 8)).min(planned.slots);
+        Ok(Layout { slots, large })
+    }
+
+    /// Words the region takes.
+    pub fn words(&self) -> usize {
+        self.large_base() + self.large * LARGE_WORDS
+    }
+
+    /// Bytes the region takes (address space; pages become resident when used).
+    pub fn bytes(&self) -> usize {
+        self.words() * 8
+    }
+
+    fn owners_base(&self) -> usize {
+        HEADER_WORDS + self.slots * SLOT_WORDS
+    }
+
+    /// The owner table takes whole pages, so the buffers stay page-aligned.
+    fn large_base(&self) -> usize {
+        self.owners_base() + self.large.div_ceil(SLOT_WORDS) * SLOT_WORDS
+    }
+}
 
 /// Status of the published response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,12 +230,19 @@ pub enum StoreError {
         /// Slots in the store.
         slots: usize,
     },
-    /// A response larger than a slot.
+    /// A response larger than the store holds.
     TooLarge {
         /// Its size.
         len: usize,
-        /// The slot capacity.
+        /// The largest response the store holds.
         capacity: usize,
+    },
+    /// A response over [`INLINE_DER_BYTES`] while every large buffer is in use.
+    NoLargeBuffer {
+        /// Its size.
+        len: usize,
+        /// Large buffers in the store.
+        buffers: usize,
     },
     /// The lease expired and another process took it: nothing was written.
     LostLease,
@@ -148,8 +256,13 @@ impl std::fmt::Display for StoreError {
             StoreError::TooSmall => f.write_str("shared store region is too small"),
             StoreError::Full { slots } => write!(f, "the shared store is full ({slots} slots)"),
             StoreError::TooLarge { len, capacity } => {
-                write!(f, "response of {len} bytes does not fit a {capacity}-byte store slot")
+                write!(f, "response of {len} bytes is larger than the {capacity} bytes the store holds")
             }
+            StoreError::NoLargeBuffer { len, buffers } => write!(
+                f,
+                "response of {len} bytes needs one of the store's {buffers} buffers for responses over \
+                 {INLINE_DER_BYTES} bytes, and all are in use (or StaplingCache left room for none)"
+            ),
             StoreError::LostLease => f.write_str("the refresh lease expired and another process took it over"),
             StoreError::Busy => f.write_str("another process is writing the store slot"),
         }
@@ -206,63 +319,139 @@ fn key_words(key: &CertKey) -> [u64; 3] {
 #[derive(Clone, Copy)]
 pub struct SharedStore<'a> {
     words: &'a [AtomicU64],
-    slot_words: usize,
-    slots: usize,
-}
-
-/// Words needed for `slots` slots of `der_bytes` payload each.
-pub fn region_words(slots: usize, der_bytes: usize) -> usize {
-    HEADER_WORDS + slots * slot_words_for(der_bytes)
-}
-
-/// How many slots of `der_bytes` payload fit in a region of `bytes` bytes.
-pub fn slots_in(bytes: usize, der_bytes: usize) -> usize {
-    (bytes / 8).saturating_sub(HEADER_WORDS) / slot_words_for(der_bytes)
-}
-
-fn slot_words_for(der_bytes: usize) -> usize {
-    META_WORDS + der_bytes.div_ceil(8)
+    layout: Layout,
 }
 
 impl<'a> SharedStore<'a> {
-    /// Formats a fresh region (all zero) or adopts one formatted with the same layout;
-    /// a region with another layout is reformatted.
-    pub fn attach(words: &'a [AtomicU64], der_bytes: usize) -> Result<SharedStore<'a>, StoreError> {
-        if words.len() < HEADER_WORDS {
+    /// The layout of a region already formatted by this layout version, if it holds at
+    /// least `certs` slots: a restart keeps it, with every response in it.
+    pub fn adoptable(words: &[AtomicU64], certs: usize) -> Option<Layout> {
+        let header = |w: usize| words.get(w).map(|x| x.load(Ordering::Acquire));
+        if header(H_MAGIC)? != MAGIC || header(H_VERSION)? != LAYOUT_VERSION {
+            return None;
+        }
+        let layout =
+            Layout { slots: usize::try_from(header(H_SLOTS)?).ok()?, large: usize::try_from(header(H_LARGE)?).ok()? };
+        let fits = layout.slots.checked_mul(SLOT_WORDS).is_some_and(|_| layout.words() <= words.len());
+        (fits && layout.slots >= certs).then_some(layout)
+    }
+
+    /// Adopts a region formatted for at least `certs` certificates (see
+    /// [`adoptable`](Self::adoptable)), or formats it with `planned`.
+    pub fn attach(words: &'a [AtomicU64], planned: Layout, certs: usize) -> Result<SharedStore<'a>, StoreError> {
+        if let Some(layout) = SharedStore::adoptable(words, certs) {
+            return Ok(SharedStore { words, layout });
+        }
+        if planned.slots < certs {
+            return Err(StoreError::Full { slots: planned.slots });
+        }
+        if words.len() < planned.words() {
             return Err(StoreError::TooSmall);
         }
-        let slot_words = slot_words_for(der_bytes);
-        let slots = (words.len() - HEADER_WORDS) / slot_words;
-        let same_layout = words[0].load(Ordering::Acquire) == MAGIC
-            && words[1].load(Ordering::Relaxed) == LAYOUT_VERSION
-            && words[2].load(Ordering::Relaxed) == slot_words as u64
-            && words[3].load(Ordering::Relaxed) == slots as u64;
-        if !same_layout {
-            // A fresh mapping is already zero; clearing it anyway would make every
-            // page resident in every process.
-            if words[0].load(Ordering::Acquire) != 0 {
-                words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+        let store = SharedStore { words, layout: planned };
+        store.format();
+        Ok(store)
+    }
+
+    /// Writes the header. A fresh mapping is already zero; a used one has only its
+    /// header, slot metadata and owner table cleared, so no payload page is touched.
+    fn format(&self) {
+        let words = self.words;
+        if words[H_MAGIC].load(Ordering::Acquire) != 0 {
+            words[..HEADER_WORDS].iter().for_each(|w| w.store(0, Ordering::Relaxed));
+            for slot in 0..self.layout.slots {
+                let base = HEADER_WORDS + slot * SLOT_WORDS;
+                words[base..base + META_WORDS].iter().for_each(|w| w.store(0, Ordering::Relaxed));
             }
-            words[1].store(LAYOUT_VERSION, Ordering::Relaxed);
-            words[2].store(slot_words as u64, Ordering::Relaxed);
-            words[3].store(slots as u64, Ordering::Relaxed);
-            words[0].store(MAGIC, Ordering::Release);
+            let owners = self.layout.owners_base()..self.layout.owners_base() + self.layout.large;
+            words[owners].iter().for_each(|w| w.store(0, Ordering::Relaxed));
         }
-        Ok(SharedStore { words, slot_words, slots })
+        words[H_VERSION].store(LAYOUT_VERSION, Ordering::Relaxed);
+        words[H_SLOTS].store(self.layout.slots as u64, Ordering::Relaxed);
+        words[H_LARGE].store(self.layout.large as u64, Ordering::Relaxed);
+        words[H_MAGIC].store(MAGIC, Ordering::Release);
+    }
+
+    /// The region's layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// Number of slots.
     pub fn slots(&self) -> usize {
-        self.slots
+        self.layout.slots
     }
 
-    /// Largest DER a slot holds.
-    pub fn capacity(&self) -> usize {
-        (self.slot_words - META_WORDS) * 8
+    /// Slots that have ever held a key; the ones above were never touched.
+    fn high_water(&self) -> usize {
+        usize::try_from(self.words[H_HIGH_WATER].load(Ordering::Acquire)).map_or(0, |h| h.min(self.layout.slots))
     }
 
     fn word(&self, slot: usize, w: usize) -> &AtomicU64 {
-        &self.words[HEADER_WORDS + slot * self.slot_words + w]
+        &self.words[HEADER_WORDS + slot * SLOT_WORDS + w]
+    }
+
+    /// The words a slot's DER is in: inline, or large buffer `large`.
+    fn payload(&self, slot: usize, large: Option<usize>) -> &[AtomicU64] {
+        match large {
+            Some(b) => &self.words[self.layout.large_base() + b * LARGE_WORDS..][..LARGE_WORDS],
+            None => &self.words[HEADER_WORDS + slot * SLOT_WORDS + META_WORDS..][..SLOT_WORDS - META_WORDS],
+        }
+    }
+
+    /// Buffer `b`'s owner word: the owning slot plus one in the low half (0: free),
+    /// and in the high half a serial that every claim bumps, so that two processes
+    /// that both saw the same owner can never both take the buffer.
+    fn owner(&self, b: usize) -> &AtomicU64 {
+        &self.words[self.layout.owners_base() + b]
+    }
+
+    /// The large buffer `slot`'s DER is in, if any.
+    fn large_of(&self, slot: usize) -> Option<usize> {
+        let v = self.word(slot, W_LARGE).load(Ordering::SeqCst);
+        v.checked_sub(1).and_then(|b| usize::try_from(b).ok()).filter(|&b| b < self.layout.large)
+    }
+
+    /// Takes a large buffer for `slot` (whose write claim the caller holds): a free
+    /// one, or one a dead writer claimed and never used.
+    fn claim_large(&self, slot: usize) -> Option<usize> {
+        let take = |b: usize, seen: u64| {
+            let claimed = ((seen >> 32).wrapping_add(1) << 32) | (slot as u64 + 1);
+            self.owner(b).compare_exchange(seen, claimed, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        };
+        let free = (0..self.layout.large).find(|&b| {
+            let seen = self.owner(b).load(Ordering::SeqCst);
+            seen & 0xffff_ffff == 0 && take(b, seen)
+        });
+        free.or_else(|| {
+            (0..self.layout.large).find(|&b| {
+                let seen = self.owner(b).load(Ordering::SeqCst);
+                self.is_leaked(b, seen, slot) && take(b, seen)
+            })
+        })
+    }
+
+    /// True if buffer `b`, owned per `seen`, is not used by its slot and nobody else can
+    /// start using it: its slot's writer is us, nobody, or dead. (Writer first, then
+    /// the reference: a writer that claimed `b` holds the slot until it refers to `b`.)
+    fn is_leaked(&self, b: usize, seen: u64, my_slot: usize) -> bool {
+        let Some(slot) = (seen & 0xffff_ffff).checked_sub(1).and_then(|s| usize::try_from(s).ok()) else {
+            return false;
+        };
+        if slot >= self.layout.slots {
+            return true;
+        }
+        let writer = self.word(slot, W_WRITER).load(Ordering::SeqCst);
+        let idle = slot == my_slot || writer == 0 || !process_alive(writer as u32);
+        idle && self.large_of(slot) != Some(b)
+    }
+
+    /// Hands `slot`'s large buffer back (the caller holds the slot's write claim).
+    fn free_large_of(&self, slot: usize) {
+        if let Some(b) = self.large_of(slot) {
+            self.word(slot, W_LARGE).store(0, Ordering::SeqCst);
+            self.owner(b).fetch_and(!0xffff_ffff, Ordering::SeqCst);
+        }
     }
 
     /// Increments and returns the generation counter.
@@ -296,7 +485,8 @@ impl<'a> SharedStore<'a> {
     pub fn assign(&self, keys: &[CertKey], now: UnixTime) -> Result<Vec<usize>, StoreError> {
         let mut assigned = vec![usize::MAX; keys.len()];
         let mut free = Vec::new();
-        for slot in 0..self.slots {
+        let high_water = self.high_water();
+        for slot in 0..high_water {
             match self.key_of(slot).and_then(|k| keys.iter().position(|x| *x == k)) {
                 Some(i) if assigned[i] == usize::MAX => assigned[i] = slot,
                 _ => free.push(slot),
@@ -305,13 +495,15 @@ impl<'a> SharedStore<'a> {
         // Re-key a slot only under its lease: a refresher of the old generation then
         // can never publish the old key's response into it.
         let mut free = free.into_iter().filter_map(|slot| self.try_lease(slot, now, MAX_LEASE));
+        let mut never_used = (high_water..self.layout.slots).filter_map(|slot| self.try_lease(slot, now, MAX_LEASE));
         let unchanged = Schedule { next_fetch: None, failures: 0, fetched_ok_at: None };
         for (i, slot) in assigned.iter_mut().enumerate() {
             if *slot != usize::MAX {
                 continue;
             }
-            let lease = free.next().ok_or(StoreError::Full { slots: self.slots })?;
+            let lease = free.next().or_else(|| never_used.next()).ok_or(StoreError::Full { slots: self.slots() })?;
             *slot = lease.slot;
+            self.words[H_HIGH_WATER].fetch_max(lease.slot as u64 + 1, Ordering::AcqRel);
             self.under_lease(&lease, || self.reset_slot(lease.slot, Some(&keys[i])))?;
             self.release(lease, unchanged)?;
         }
@@ -326,6 +518,7 @@ impl<'a> SharedStore<'a> {
 
     /// Clears a slot's response and schedule (the caller holds the write claim).
     fn reset_slot(&self, slot: usize, key: Option<&CertKey>) {
+        self.free_large_of(slot);
         for w in [W_IN_USE, W_DER_LEN, W_THIS_UPDATE, W_STAPLE_UNTIL, W_STATUS, W_NEXT_FETCH, W_FAILURES]
             .into_iter()
             .chain([W_FETCHES, W_NEXT_UPDATE, W_LAST_OK])
@@ -394,26 +587,39 @@ impl<'a> SharedStore<'a> {
     /// Publishes a response for every process, unless the slot holds a newer one (or a
     /// revoked one, see [`supersedes`]) or `lease` is no longer current.
     pub fn publish(&self, lease: &Lease, p: &Publish<'_>, now: UnixTime) -> Result<Published, StoreError> {
-        if p.der.len() > self.capacity() {
-            return Err(StoreError::TooLarge { len: p.der.len(), capacity: self.capacity() });
+        let len = p.der.len();
+        if len > LARGE_DER_BYTES {
+            return Err(StoreError::TooLarge { len, capacity: LARGE_DER_BYTES });
         }
         let slot = lease.slot;
         self.under_lease(lease, || {
             if !supersedes(&self.state(slot), p.status, p.this_update, now) {
-                return Published::KeptNewer;
+                return Ok(Published::KeptNewer);
             }
+            let current = self.large_of(slot);
+            let large = if len > INLINE_DER_BYTES {
+                let buffer = current.or_else(|| self.claim_large(slot));
+                Some(buffer.ok_or(StoreError::NoLargeBuffer { len, buffers: self.layout.large })?)
+            } else {
+                None
+            };
+            let payload = self.payload(slot, large);
             for (i, chunk) in p.der.chunks(8).enumerate() {
                 let mut word = [0u8; 8];
                 word[..chunk.len()].copy_from_slice(chunk);
-                self.word(slot, META_WORDS + i).store(u64::from_ne_bytes(word), Ordering::Relaxed);
+                payload[i].store(u64::from_ne_bytes(word), Ordering::Relaxed);
             }
+            if large.is_none() {
+                self.free_large_of(slot);
+            }
+            self.word(slot, W_LARGE).store(large.map_or(0, |b| b as u64 + 1), Ordering::SeqCst);
             self.word(slot, W_DER_LEN).store(p.der.len() as u64, Ordering::Relaxed);
             self.word(slot, W_THIS_UPDATE).store(p.this_update.to_word(), Ordering::Relaxed);
             self.word(slot, W_NEXT_UPDATE).store(p.next_update.map_or(0, UnixTime::to_word), Ordering::Relaxed);
             self.word(slot, W_STAPLE_UNTIL).store(p.staple_until.to_word(), Ordering::Relaxed);
             self.word(slot, W_STATUS).store(p.status as u64, Ordering::Relaxed);
-            Published::Replaced
-        })
+            Ok(Published::Replaced)
+        })?
     }
 
     /// Copies the response for `key` into `out` if it may be stapled at `now`.
@@ -436,7 +642,7 @@ impl<'a> SharedStore<'a> {
     }
 
     fn read_unchecked(&self, slot: usize, key: &[u64; 3], now: u64, out: &mut StapleBuffer) -> Option<SlotStatus> {
-        let meta = &self.words[HEADER_WORDS + slot * self.slot_words..][..META_WORDS];
+        let meta = &self.words[HEADER_WORDS + slot * SLOT_WORDS..][..META_WORDS];
         let load = |w: usize| meta[w].load(Ordering::Relaxed);
         if load(W_IN_USE) == 0 || key.iter().enumerate().any(|(i, k)| load(W_KEY + i) != *k) {
             return None;
@@ -447,12 +653,16 @@ impl<'a> SharedStore<'a> {
             _ => return None,
         };
         let len = load(W_DER_LEN) as usize;
-        if now >= load(W_STAPLE_UNTIL) || len == 0 || len > self.capacity() {
+        if now >= load(W_STAPLE_UNTIL) || len == 0 {
             return None;
         }
-        let base = HEADER_WORDS + slot * self.slot_words + META_WORDS;
+        let large = match load(W_LARGE) {
+            0 => None,
+            b => Some(usize::try_from(b - 1).ok().filter(|&b| b < self.layout.large)?),
+        };
+        let payload = self.payload(slot, large).get(..len.div_ceil(8))?;
         out.words.clear();
-        out.words.extend(self.words[base..base + len.div_ceil(8)].iter().map(|w| w.load(Ordering::Relaxed)));
+        out.words.extend(payload.iter().map(|w| w.load(Ordering::Relaxed)));
         out.len = len;
         Some(status)
     }
@@ -532,7 +742,7 @@ impl<'a> SharedStore<'a> {
     /// Frees every lease held by process `pid`, which has exited: its slots are due
     /// again at once instead of when the leases expire. Returns how many were freed.
     pub fn clear_leases_of(&self, pid: u32) -> usize {
-        (0..self.slots)
+        (0..self.high_water())
             .filter(|&slot| {
                 let token = self.word(slot, W_LEASE).load(Ordering::Acquire);
                 token != 0
@@ -594,8 +804,16 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(20);
 
+    const TEST_LARGE: usize = 2;
+
     fn region(slots: usize) -> Vec<AtomicU64> {
-        (0..region_words(slots, 1024)).map(|_| AtomicU64::new(0)).collect()
+        (0..Layout { slots, large: TEST_LARGE }.words()).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    /// Attaches to a region made by `region`, adopting it if formatted.
+    fn attach(r: &[AtomicU64]) -> SharedStore<'_> {
+        let slots = (r.len() - Layout { slots: 0, large: TEST_LARGE }.words()) / SLOT_WORDS;
+        SharedStore::attach(r, Layout { slots, large: TEST_LARGE }, 0).unwrap()
     }
 
     fn t(secs: i64) -> UnixTime {
@@ -632,7 +850,7 @@ mod tests {
     #[test]
     fn publish_then_read_round_trips() {
         let r = region(2);
-        let s = SharedStore::attach(&r, 1024).unwrap();
+        let s = attach(&r);
         let keys = [[1u8; 20], [2u8; 20]];
         let slots = s.assign(&keys, t(0)).unwrap();
         let der: Vec<u8> = (0..1001u32).map(|i| i as u8).collect();
@@ -646,32 +864,126 @@ mod tests {
     }
 
     #[test]
-    fn sizes_agree() {
-        for n in [0, 1, 7, 100] {
-            assert_eq!(slots_in(region_words(n, 1024) * 8, 1024), n);
+    fn the_layout_follows_the_certificates_and_a_size_only_caps_it() {
+        let one = Layout::for_certs(1);
+        assert_eq!(one, Layout { slots: MIN_SLOTS, large: MIN_LARGE });
+        assert!(one.bytes() < 1024 * 1024, "{} bytes for one certificate", one.bytes());
+        assert_eq!(Layout::for_certs(1000), Layout { slots: 2000, large: 500 });
+        assert_eq!(Layout::capped(1, 2_000_000_000), Ok(one), "a huge size allocates nothing more");
+        // A size from a mod_ssl guide: every certificate fits, with less headroom.
+        let guide = Layout::capped(20, 128_000).unwrap();
+        assert!(guide.slots >= 20 && guide.bytes() <= 128_000, "{guide:?}");
+        let tight = Layout::capped(40, 128_000).unwrap_err();
+        assert_eq!(tight.fit, (128_000 - HEADER_WORDS * 8) / 4096);
+        assert_eq!(tight.needed_bytes, Layout { slots: 40, large: 0 }.bytes());
+        assert_eq!(Layout::capped(1, 8192), Ok(Layout { slots: 1, large: 0 }));
+        assert_eq!(Layout::capped(2, 8192).unwrap_err().fit, 1);
+        for (certs, cap) in [(1, 9000), (5, 300_000), (50, 1_000_000), (3, 70_000)] {
+            let l = Layout::capped(certs, cap).unwrap();
+            assert!(l.slots >= certs && l.bytes() <= cap, "{certs} in {cap}: {l:?}");
         }
-        assert_eq!(slots_in(8192, DEFAULT_SLOT_DER_BYTES), 0);
+    }
+
+    #[test]
+    fn a_formatted_region_is_adopted_when_it_has_room() {
+        let r = region(4);
+        let s = attach(&r);
+        s.assign(&[[1; 20]], t(0)).unwrap();
+        put(&s, 0, &good(b"kept", 1, 100), 1);
+        let smaller = Layout { slots: 2, large: 1 };
+        let again = SharedStore::attach(&r, smaller, 3).unwrap();
+        assert_eq!(again.layout(), s.layout(), "four slots hold three certificates");
+        assert_eq!(bytes_at(&again, 0, &[1; 20], 2).as_deref(), Some(&b"kept"[..]));
+        assert_eq!(SharedStore::adoptable(&r, 5), None, "too few slots for five");
+        let reformatted = SharedStore::attach(&r, Layout { slots: 5, large: 0 }, 5).unwrap();
+        assert_eq!(bytes_at(&reformatted, 0, &[1; 20], 2), None);
+        assert_eq!(reformatted.high_water(), 0);
     }
 
     #[test]
     fn too_large_and_full_are_errors() {
         let r = region(1);
-        let s = SharedStore::attach(&r, 1024).unwrap();
+        let s = attach(&r);
         assert_eq!(s.assign(&[[1; 20], [2; 20]], t(0)), Err(StoreError::Full { slots: 1 }));
         let slots = s.assign(&[[1; 20]], t(0)).unwrap();
-        let big = vec![0u8; 2000];
+        let big = vec![0u8; LARGE_DER_BYTES + 1];
         let lease = s.try_lease(slots[0], t(0), TTL).unwrap();
         assert!(matches!(s.publish(&lease, &good(&big, 1, 9), t(1)), Err(StoreError::TooLarge { .. })));
     }
 
     #[test]
+    fn large_responses_borrow_a_buffer_and_give_it_back() {
+        let r = region(3);
+        let s = attach(&r);
+        let keys = [[1; 20], [2; 20], [3; 20]];
+        s.assign(&keys, t(0)).unwrap();
+        let big: Vec<u8> = (0..41_000u32).map(|i| (i % 253) as u8).collect();
+        let exact = vec![7u8; LARGE_DER_BYTES];
+        assert_eq!(put(&s, 0, &good(&big, 1, 100), 1), Published::Replaced);
+        assert_eq!(put(&s, 1, &good(&exact, 1, 100), 1), Published::Replaced);
+        assert_eq!(bytes_at(&s, 0, &keys[0], 2), Some(big.clone()));
+        assert_eq!(bytes_at(&s, 1, &keys[1], 2), Some(exact));
+        let lease = s.try_lease(2, t(2), TTL).unwrap();
+        let third = s.publish(&lease, &good(&big, 1, 100), t(2));
+        assert_eq!(third, Err(StoreError::NoLargeBuffer { len: 41_000, buffers: TEST_LARGE }));
+        s.abandon(lease);
+        // Slot 0 goes back to an inline response: its buffer is free for slot 2.
+        put(&s, 0, &good(b"small", 2, 100), 3);
+        assert_eq!(bytes_at(&s, 0, &keys[0], 4).as_deref(), Some(&b"small"[..]));
+        assert_eq!(put(&s, 2, &good(&big, 1, 100), 4), Published::Replaced);
+        assert_eq!(bytes_at(&s, 2, &keys[2], 5), Some(big.clone()));
+        // A large response replacing a large one reuses its buffer.
+        let other = vec![9u8; INLINE_DER_BYTES + 1];
+        put(&s, 2, &good(&other, 3, 100), 6);
+        assert_eq!(bytes_at(&s, 2, &keys[2], 7), Some(other));
+        // Re-keying a slot frees its buffer.
+        s.assign(&[keys[0], keys[2]], t(8)).unwrap();
+        let lease = s.try_lease(1, t(9), TTL).unwrap();
+        s.assign(&[keys[0], keys[2], [4; 20]], t(9)).unwrap_err();
+        s.abandon(lease);
+        let slots = s.assign(&[keys[0], keys[2], [4; 20]], t(9)).unwrap();
+        assert_eq!(put(&s, slots[2], &good(&big, 1, 100), 10), Published::Replaced);
+    }
+
+    #[test]
+    fn a_buffer_a_dead_writer_claimed_and_never_used_is_taken_back() {
+        let r = region(2);
+        let s = attach(&r);
+        let keys = [[1; 20], [2; 20]];
+        s.assign(&keys, t(0)).unwrap();
+        // Both buffers claimed for slot 1 by a writer that died before publishing.
+        for b in 0..TEST_LARGE {
+            s.owner(b).store((5 << 32) | 2, Ordering::SeqCst);
+        }
+        s.word(1, W_WRITER).store(0x7fff_ffff, Ordering::SeqCst);
+        let big = vec![3u8; 20_000];
+        assert_eq!(put(&s, 0, &good(&big, 1, 100), 1), Published::Replaced);
+        assert_eq!(bytes_at(&s, 0, &keys[0], 2), Some(big.clone()));
+        // A buffer its slot still uses is never taken.
+        let used = s.large_of(0).unwrap();
+        s.word(0, W_WRITER).store(0x7fff_ffff, Ordering::SeqCst);
+        assert!(!s.is_leaked(used, s.owner(used).load(Ordering::SeqCst), 1));
+    }
+
+    #[test]
+    fn assign_touches_only_slots_in_use() {
+        let r = region(64);
+        let s = attach(&r);
+        s.assign(&[[1; 20], [2; 20]], t(0)).unwrap();
+        assert_eq!(s.high_water(), 2);
+        assert!((2..64).all(|slot| s.word(slot, W_LEASE).load(Ordering::Relaxed) == 0), "never leased");
+        s.assign(&[[2; 20], [3; 20], [4; 20]], t(1)).unwrap();
+        assert_eq!(s.high_water(), 3, "the freed slot is reused first");
+    }
+
+    #[test]
     fn reassign_keeps_known_keys_and_frees_removed_ones() {
         let r = region(2);
-        let s = SharedStore::attach(&r, 1024).unwrap();
+        let s = attach(&r);
         let (a, b, c) = ([1u8; 20], [2u8; 20], [3u8; 20]);
         let first = s.assign(&[a, b], t(0)).unwrap();
         put(&s, first[1], &good(b"bbb", 1, 100), 1);
-        let again = SharedStore::attach(&r, 1024).unwrap();
+        let again = attach(&r);
         let second = again.assign(&[b, c], t(2)).unwrap();
         assert_eq!(second[0], first[1], "b keeps its slot and response");
         assert_eq!(bytes_at(&again, second[0], &b, 3).as_deref(), Some(&b"bbb"[..]));
@@ -682,7 +994,7 @@ mod tests {
     #[test]
     fn lease_is_exclusive_and_expires() {
         let r = region(1);
-        let s = SharedStore::attach(&r, 1024).unwrap();
+        let s = attach(&r);
         let first = s.try_lease(0, t(1000), Duration::from_secs(10)).expect("free");
         assert_eq!(s.try_lease(0, t(1005), TTL), None);
         let second = s.try_lease(0, t(1011), TTL).expect("a dead holder's lease expires");
@@ -702,7 +1014,7 @@ mod tests {
     #[test]
     fn a_holder_that_lost_its_lease_cannot_publish_release_or_reschedule() {
         let r = region(1);
-        let s = SharedStore::attach(&r, 1024).unwrap();
+        let s = attach(&r);
         let key = [7; 20];
         let slot = s.assign(&[key], t(0)).unwrap()[0];
         let stalled = s.try_lease(slot, t(100), Duration::from_secs(10)).unwrap();
@@ -721,7 +1033,7 @@ mod tests {
     #[test]
     fn an_older_response_never_replaces_a_newer_one() {
         let r = region(1);
-        let s = SharedStore::attach(&r, 1024).unwrap();
+        let s = attach(&r);
         let key = [8; 20];
         let slot = s.assign(&[key], t(0)).unwrap()[0];
         assert_eq!(put(&s, slot, &good(b"newer", 200, 1000), 210), Published::Replaced);
@@ -735,7 +1047,7 @@ mod tests {
     #[test]
     fn revoked_always_replaces_good_and_good_never_replaces_revoked() {
         let r = region(1);
-        let s = SharedStore::attach(&r, 1024).unwrap();
+        let s = attach(&r);
         let key = [9; 20];
         let slot = s.assign(&[key], t(0)).unwrap()[0];
         put(&s, slot, &good(b"good", 500, 1000), 510);
@@ -748,7 +1060,8 @@ mod tests {
     #[test]
     fn leases_of_an_exited_process_are_freed() {
         let r = region(3);
-        let s = SharedStore::attach(&r, 1024).unwrap();
+        let s = attach(&r);
+        s.assign(&[[1; 20], [2; 20], [3; 20]], t(0)).unwrap();
         let mine: Vec<Lease> = (0..3).filter_map(|slot| s.try_lease(slot, t(0), TTL)).collect();
         assert_eq!(mine.len(), 3);
         assert_eq!(s.clear_leases_of(std::process::id().wrapping_add(1)), 0, "another pid");
@@ -759,7 +1072,7 @@ mod tests {
     #[test]
     fn rekeyed_slot_is_not_held_by_the_old_key() {
         let r = region(1);
-        let s = SharedStore::attach(&r, 1024).unwrap();
+        let s = attach(&r);
         s.assign(&[[1; 20]], t(0)).unwrap();
         assert!(s.holds(0, &[1; 20]));
         s.assign(&[[2; 20]], t(0)).unwrap();
@@ -770,7 +1083,7 @@ mod tests {
     #[test]
     fn leased_slot_of_removed_key_is_not_reused() {
         let r = region(1);
-        let s = SharedStore::attach(&r, 1024).unwrap();
+        let s = attach(&r);
         s.assign(&[[1; 20]], t(0)).unwrap();
         let _old_refresher = s.try_lease(0, t(0), TTL).unwrap();
         assert_eq!(s.assign(&[[2; 20]], t(5)), Err(StoreError::Full { slots: 1 }));
@@ -779,7 +1092,7 @@ mod tests {
     #[test]
     fn a_dead_writers_half_write_is_never_served_and_is_repaired() {
         let r = region(1);
-        let s = SharedStore::attach(&r, 1024).unwrap();
+        let s = attach(&r);
         let key = [1; 20];
         let slot = s.assign(&[key], t(0)).unwrap()[0];
         put(&s, slot, &good(b"before", 1, 100), 1);
@@ -798,7 +1111,7 @@ mod tests {
     #[test]
     fn a_live_writer_is_never_joined_by_a_second_one() {
         let r = region(1);
-        let s = SharedStore::attach(&r, 1024).unwrap();
+        let s = attach(&r);
         let slot = s.assign(&[[1; 20]], t(0)).unwrap()[0];
         // Our parent process is alive and "writing" the slot.
         let parent = std::os::unix::process::parent_id();
@@ -814,18 +1127,20 @@ mod tests {
     #[test]
     fn readers_never_see_a_torn_response() {
         let r: Arc<Vec<AtomicU64>> = Arc::new(region(1));
-        let s = SharedStore::attach(&r, 1024).unwrap();
+        let s = attach(&r);
         s.assign(&[[9; 20]], t(0)).unwrap();
         let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let writer = {
             let (r, seen) = (Arc::clone(&r), Arc::clone(&seen));
             std::thread::spawn(move || {
-                let s = SharedStore::attach(&r, 1024).unwrap();
+                let s = attach(&r);
                 let lease = s.try_lease(0, t(0), MAX_LEASE).unwrap();
                 // Keep writing until the reader has checked enough reads made meanwhile.
                 let mut i = 0usize;
                 while seen.load(Ordering::Relaxed) < 2000 && i < 50_000_000 {
-                    let der = vec![(i % 251) as u8; 200 + i % 700];
+                    // Inline and large sizes alternate, so buffers are claimed and freed.
+                    let len = if i % 3 == 0 { INLINE_DER_BYTES + 1 + i % 9000 } else { 200 + i % 700 };
+                    let der = vec![(i % 251) as u8; len];
                     s.publish(&lease, &good(&der, i as i64 + 1, i64::MAX), t(1)).unwrap();
                     i += 1;
                 }
