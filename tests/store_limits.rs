@@ -66,6 +66,7 @@ fn a_huge_cache_size_only_caps_the_store() {
     };
     let default = rss_with("");
     let capped = rss_with("StaplingCache shmcb:/unused(2000000000)\n");
+    eprintln!("parent RSS: {default} KiB without a size, {capped} KiB with a 2 GB cap");
     assert!(capped <= default + 1024, "parent RSS {capped} KiB with a 2 GB cap, {default} KiB without");
 }
 
