@@ -163,8 +163,62 @@ fn definitely_lost_records(log: &str) -> Vec<String> {
     records
 }
 
+/// Memcheck error records (invalid reads and writes, uninitialised values, bad frees)
+/// with their stacks, in the same "==PID== " format.
+fn memcheck_error_records(log: &str) -> Vec<String> {
+    const STARTS: [&str; 8] = [
+        "Invalid read",
+        "Invalid write",
+        "Invalid free",
+        "Mismatched free",
+        "uninitialised",
+        "Syscall param",
+        "Source and destination overlap",
+        "Argument 'size' of function",
+    ];
+    let mut records = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in log.lines() {
+        let body = line.strip_prefix("==").and_then(|rest| rest.split_once("== ")).map_or(line, |(_, b)| b);
+        if let Some(r) = cur.as_mut() {
+            if body.trim().is_empty() {
+                records.push(cur.take().unwrap());
+            } else {
+                r.push_str(body);
+                r.push('\n');
+            }
+            continue;
+        }
+        if STARTS.iter().any(|s| body.contains(s)) {
+            cur = Some(format!("{body}\n"));
+        }
+    }
+    records.extend(cur);
+    records
+}
+
 fn mentions_module(record: &str) -> bool {
     ["mod_stapling", "libmod_stapling", "stapling_rs_", "stapling_shim_"].iter().any(|m| record.contains(m))
+}
+
+/// Every process valgrind followed (the parent, the startup helpers, the children that
+/// fetched and handshook) is free of memcheck errors with the module on the stack.
+fn assert_no_memcheck_errors_from_the_module(root: &std::path::Path) {
+    let logs: Vec<PathBuf> = fs::read_dir(root.join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("valgrind.")))
+        .collect();
+    assert!(logs.len() >= 3, "expected logs of the parent, helper and children: {logs:?}");
+    let mut ours = Vec::new();
+    for path in &logs {
+        let log = fs::read_to_string(path).unwrap_or_default();
+        let errors = memcheck_error_records(&log);
+        eprintln!("{}: {} memcheck error records", path.display(), errors.len());
+        ours.extend(errors.into_iter().filter(|r| mentions_module(r)).map(|r| format!("{}:\n{r}", path.display())));
+    }
+    assert!(ours.is_empty(), "memcheck errors with mod_stapling on the stack:\n{}", ours.join("\n"));
 }
 
 #[test]
@@ -223,6 +277,9 @@ fn valgrind_finds_no_leak_from_the_module_over_graceful_restarts() {
         send_signal(pid, "USR1");
         assert!(wait_until(timeout, || vg.resuming() > i), "graceful restart {i} not done within {timeout:?}");
         eprintln!("graceful restart {i} under valgrind took {:.1}s", t.elapsed().as_secs_f64());
+        // Handshakes in the (valgrind'ed) children of each generation.
+        let r = handshake_sni(port, &leaves[i % leaves.len()].server_name, &s.pki.path("root.crt"));
+        assert_good(&r, &format!("handshake after graceful restart {i} under valgrind"));
     }
     let r = handshake_sni(port, &leaves[0].server_name, &s.pki.path("root.crt"));
     assert_good(&r, "after the restarts under valgrind");
@@ -230,6 +287,7 @@ fn valgrind_finds_no_leak_from_the_module_over_graceful_restarts() {
     assert!(vg.wait_exit(Duration::from_secs(300)), "valgrind'ed Apache did not exit within 300 s of SIGTERM");
     eprintln!("whole valgrind run: {:.1}s", started.elapsed().as_secs_f64());
 
+    assert_no_memcheck_errors_from_the_module(&root);
     let log_path = root.join(format!("logs/valgrind.{pid}.log"));
     let log = fs::read_to_string(&log_path).unwrap_or_else(|e| panic!("{}: {e}", log_path.display()));
     let summary: String = log
@@ -542,4 +600,13 @@ fn killed_startup_helper_leaves_no_lease_behind() {
         "the first good staple came {:.2}s after the startup helper was killed (at most 5 s allowed)",
         took.as_secs_f64()
     );
+}
+
+#[test]
+fn memcheck_error_records_are_recognised() {
+    let log = "==7== Memcheck\n==7== \n==7== Invalid read of size 8\n==7==    at 0x1: stapling_rs_ocsp_get_resp (hooks.rs:1)\n\
+               ==7== \n==7== Conditional jump or move depends on uninitialised value(s)\n==7==    at 0x2: ssl_x (mod_ssl.so)\n==7== \n";
+    let records = memcheck_error_records(log);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(mentions_module(&records[0]) && !mentions_module(&records[1]));
 }
