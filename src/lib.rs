@@ -1,7 +1,8 @@
 //! mod_stapling: OCSP stapling for Apache httpd 2.4.
 //!
-//! Layers: `apache` holds all FFI code, types and pointers (the compiler refuses
-//! `unsafe_code` anywhere else); `config`, `cert`, `ocsp`, `store`, `refresh`, `time`, `transport` and
+//! Layers: `apache` holds all of Apache's FFI code, types and pointers, and `openssl_ext`
+//! the few OpenSSL calls the openssl crate lacks (the compiler refuses `unsafe_code`
+//! anywhere else); `config`, `cert`, `ocsp`, `store`, `refresh`, `time`, `transport` and
 //! `engine` are safe Rust, tested without Apache.
 
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
@@ -15,6 +16,7 @@ pub mod config;
 pub mod der;
 pub mod engine;
 pub mod ocsp;
+pub mod openssl_ext;
 pub mod refresh;
 pub mod store;
 #[cfg(test)]

@@ -82,11 +82,13 @@ pub struct Opts {
     pub no_certs: bool,
     /// `-resp_key_id`: responderID byKey instead of byName.
     pub key_id: bool,
+    /// `-rother`: one more certificate (`<name>.crt`) for the response to carry.
+    pub other_cert: Option<&'static str>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { signer: "issuer", index: Index::Valid, ndays: Some(1), no_certs: false, key_id: false }
+        Opts { signer: "issuer", index: Index::Valid, ndays: Some(1), no_certs: false, key_id: false, other_cert: None }
     }
 }
 
@@ -158,6 +160,9 @@ pub fn respond(request_der: &[u8], opts: Opts) -> Vec<u8> {
     }
     if opts.key_id {
         cmd.arg("-resp_key_id");
+    }
+    if let Some(other) = opts.other_cert {
+        cmd.arg("-rother").arg(path(&format!("{other}.crt")));
     }
     let out = cmd.output().expect("cannot run openssl ocsp");
     assert!(
