@@ -4,7 +4,10 @@ use openssl::hash::MessageDigest;
 use openssl::ocsp::{OcspCertId, OcspRequest};
 
 use crate::cert::CertInfo;
-use crate::der;
+use crate::openssl_ext::RequestExt;
+
+/// Bytes of the nonce a request carries when asked to (RFC 8954 recommends 32 at most).
+const NONCE_LEN: usize = 16;
 
 /// A DER OCSPRequest with a SHA-1 CertID (what responders expect, RFC 5019 §2.1.1), and
 /// the nonce it carries, if one was asked for.
@@ -13,12 +16,15 @@ pub fn build_request(cert: &CertInfo, use_nonce: bool) -> Result<(Vec<u8>, Optio
         .map_err(|e| format!("cannot build the OCSP CertID: {e}"))?;
     let mut req = OcspRequest::new().map_err(|e| format!("cannot build the OCSP request: {e}"))?;
     req.add_id(id).map_err(|e| format!("cannot build the OCSP request: {e}"))?;
+    let nonce = if use_nonce { Some(add_random_nonce(&mut req)?) } else { None };
     let der_req = req.to_der().map_err(|e| format!("cannot encode the OCSP request: {e}"))?;
-    if !use_nonce {
-        return Ok((der_req, None));
-    }
-    let mut nonce = vec![0u8; 16];
+    Ok((der_req, nonce))
+}
+
+/// Adds a fresh random nonce to `req` and returns it.
+fn add_random_nonce(req: &mut OcspRequest) -> Result<Vec<u8>, String> {
+    let mut nonce = vec![0u8; NONCE_LEN];
     openssl::rand::rand_bytes(&mut nonce).map_err(|e| format!("cannot make a nonce: {e}"))?;
-    let with_nonce = der::add_request_nonce(&der_req, &nonce).ok_or("cannot add the nonce")?;
-    Ok((with_nonce, Some(nonce)))
+    req.add_nonce(&nonce).map_err(|e| format!("cannot add the nonce: {e}"))?;
+    Ok(nonce)
 }

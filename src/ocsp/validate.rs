@@ -3,16 +3,20 @@
 use std::fmt;
 use std::time::Duration;
 
+use openssl::asn1::Asn1GeneralizedTimeRef;
 use openssl::hash::MessageDigest;
-use openssl::ocsp::{OcspCertId, OcspCertStatus, OcspFlag, OcspResponse, OcspResponseStatus, OcspRevokedStatus};
+use openssl::nid::Nid;
+use openssl::ocsp::{
+    OcspBasicResponseRef, OcspCertId, OcspCertStatus, OcspFlag, OcspResponseStatus, OcspRevokedStatus,
+};
+use openssl::pkey::{PKeyRef, Public};
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::verify::X509VerifyFlags;
-use openssl::x509::X509;
+use openssl::x509::{X509Ref, X509};
 
-use super::time::parse_openssl_time;
 use crate::cert::CertInfo;
-use crate::der;
+use crate::openssl_ext::{self, BasicResponseExt};
 use crate::time::UnixTime;
 
 /// What a response must satisfy besides its signature and CertID.
@@ -98,28 +102,22 @@ impl std::error::Error for Rejection {}
 
 /// Checks `der` as an answer for `cert` at Unix time `now`.
 pub fn validate(der_bytes: &[u8], cert: &CertInfo, policy: &Policy, now: UnixTime) -> Result<Verified, Rejection> {
-    let response = OcspResponse::from_der(der_bytes).map_err(|e| Rejection::NotOcsp(first_error(&e)))?;
-    // OpenSSL ignores bytes after the DER element; strict clients do not.
-    if !matches!(der::read(der_bytes), Some((_, rest)) if rest.is_empty()) {
-        return Err(Rejection::NotOcsp("trailing data after the response".into()));
-    }
+    // The whole of `der_bytes`: strict clients refuse bytes after the response.
+    let response = openssl_ext::ocsp_response_from_der(der_bytes).map_err(|e| Rejection::NotOcsp(e.to_string()))?;
     let status = response.status();
     if status != OcspResponseStatus::SUCCESSFUL {
         return Err(Rejection::ResponderError(response_status_name(status)));
     }
     let basic = response.basic().map_err(|_| Rejection::NotBasic)?;
-    verify_signature(&basic, der_bytes, cert)?;
+    verify_signature(&basic, cert)?;
     let id = OcspCertId::from_cert(MessageDigest::sha1(), &cert.leaf, &cert.issuer)
         .map_err(|e| Rejection::NotOcsp(first_error(&e)))?;
     let single = basic.find_status(&id).ok_or(Rejection::WrongCert)?;
-    let read_time = |t: &openssl::asn1::Asn1GeneralizedTimeRef| {
-        parse_openssl_time(&t.to_string()).map(UnixTime::from_secs).ok_or(Rejection::BadTime)
-    };
     let this_update = read_time(single.this_update)?;
     let next_update = single.next_update().map(read_time).transpose()?;
     check_times(this_update, next_update, policy, now)?;
     if let Some(nonce) = &policy.nonce {
-        if der::response_nonce(der_bytes).as_deref() != Some(nonce.as_slice()) {
+        if response_nonce(&basic).as_deref() != Some(nonce.as_slice()) {
             return Err(Rejection::NonceMismatch);
         }
     }
@@ -131,11 +129,22 @@ pub fn validate(der_bytes: &[u8], cert: &CertInfo, policy: &Policy, now: UnixTim
     Ok(Verified { status, this_update, next_update })
 }
 
-fn verify_signature(
-    basic: &openssl::ocsp::OcspBasicResponseRef,
-    der_bytes: &[u8],
-    cert: &CertInfo,
-) -> Result<(), Rejection> {
+/// An OCSP time as Unix seconds, read by OpenSSL.
+fn read_time(time: &Asn1GeneralizedTimeRef) -> Result<UnixTime, Rejection> {
+    openssl_ext::unix_time(time).map_err(|_| Rejection::BadTime)
+}
+
+/// The nonce a response echoes: the content of the OCTET STRING inside the extension's
+/// value, or the whole value if a responder sent it unwrapped. OpenSSL parses both.
+fn response_nonce(basic: &OcspBasicResponseRef) -> Option<Vec<u8>> {
+    let value = basic.extension_value(Nid::ID_PKIX_OCSP_NONCE)?.as_slice();
+    match openssl_ext::octet_string_from_der(value) {
+        Ok(inner) => Some(inner.as_slice().to_vec()),
+        Err(_) => Some(value.to_vec()),
+    }
+}
+
+fn verify_signature(basic: &OcspBasicResponseRef, cert: &CertInfo) -> Result<(), Rejection> {
     let bad = |e: openssl::error::ErrorStack| Rejection::BadSignature(first_error(&e));
     // The issuer is the trust anchor: it either signed the response itself or issued
     // the delegated responder certificate (which OpenSSL then requires to carry the
@@ -147,24 +156,26 @@ fn verify_signature(
     let mut certs: Stack<X509> = Stack::new().map_err(bad)?;
     certs.push(cert.issuer.clone()).map_err(bad)?;
     basic.verify(&certs, &store, OcspFlag::empty()).map_err(bad)?;
-    check_carried_certs(der_bytes, cert)
+    check_carried_certs(basic, cert)
 }
 
 /// Some clients (Go's x/crypto/ocsp, for one) check the response against the certificates
 /// it carries rather than the issuer they already know. So every carried certificate must
-/// be the issuer itself or one the issuer signed; anything else is refused.
-fn check_carried_certs(der_bytes: &[u8], cert: &CertInfo) -> Result<(), Rejection> {
-    let carried = der::response_certs(der_bytes).ok_or_else(|| Rejection::NotOcsp("unreadable certificates".into()))?;
+/// be the issuer itself or one the issuer signed; anything else is refused. The certificates
+/// are the ones OpenSSL parsed for the signature check above, not a second reading.
+fn check_carried_certs(basic: &OcspBasicResponseRef, cert: &CertInfo) -> Result<(), Rejection> {
+    let Some(carried) = basic.carried_certs() else { return Ok(()) };
     let issuer_der = cert.issuer.to_der().map_err(|e| Rejection::BadSignature(first_error(&e)))?;
     let issuer_key = cert.issuer.public_key().map_err(|e| Rejection::BadSignature(first_error(&e)))?;
-    for der_cert in carried {
-        let ok = der_cert == issuer_der.as_slice()
-            || X509::from_der(der_cert).ok().and_then(|c| c.verify(&issuer_key).ok()).unwrap_or(false);
-        if !ok {
-            return Err(Rejection::BadSignature("it carries a certificate the issuer did not sign".into()));
-        }
+    if carried.iter().all(|c| is_issuer_or_issued_by_it(c, &issuer_der, &issuer_key)) {
+        Ok(())
+    } else {
+        Err(Rejection::BadSignature("it carries a certificate the issuer did not sign".into()))
     }
-    Ok(())
+}
+
+fn is_issuer_or_issued_by_it(carried: &X509Ref, issuer_der: &[u8], issuer_key: &PKeyRef<Public>) -> bool {
+    carried.to_der().is_ok_and(|der| der == issuer_der) || carried.verify(issuer_key).unwrap_or(false)
 }
 
 fn check_times(
@@ -247,6 +258,17 @@ mod tests {
         assert!(off <= 120, "{what} is {actual}, expected about {expected}");
     }
 
+    /// Every accessor of the OpenSSL wrapper, on bytes that may not be a response at all.
+    fn read_every_field(bytes: &[u8], id: &openssl::ocsp::OcspCertIdRef) {
+        let Ok(basic) = openssl::ocsp::OcspResponse::from_der(bytes).and_then(|r| r.basic()) else { return };
+        let _ = response_nonce(&basic);
+        let _ = basic.carried_certs().map(|certs| certs.len());
+        if let Some(single) = basic.find_status(id) {
+            let _ = read_time(single.this_update);
+            let _ = single.next_update().map(read_time);
+        }
+    }
+
     /// Hostile bytes: thousands of mutations of a real response (flipped bits, cuts,
     /// inserted bytes) never panic and are all refused, including flips inside the
     /// certificate the response carries, which the signature does not cover.
@@ -254,6 +276,7 @@ mod tests {
     fn mutated_responses_never_panic_and_never_pass() {
         let good = good_leaf_response();
         let cert = testpki::cert_info("leaf");
+        let id = OcspCertId::from_cert(MessageDigest::sha1(), &cert.leaf, &cert.issuer).unwrap();
         let now = unix_now();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
@@ -273,7 +296,7 @@ mod tests {
                     _ => bytes.insert(at, next() as u8),
                 }
             }
-            let _ = crate::der::response_nonce(&bytes);
+            read_every_field(&bytes, &id);
             if validate(&bytes, &cert, &policy(), now).is_ok() {
                 accepted += 1;
             }
@@ -362,6 +385,25 @@ mod tests {
         let der = response_for(&leaf, Opts { signer: "responder", no_certs: true, ..Opts::default() });
         let r = validate(&der, &leaf, &policy(), unix_now());
         assert!(matches!(r, Err(Rejection::BadSignature(_))), "{r:?}");
+    }
+
+    #[test]
+    fn carried_certificate_the_issuer_did_not_sign_is_rejected() {
+        // Signed by the issuer, so the signature verifies; but it also carries another CA.
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts { other_cert: Some("other-ca"), ..Opts::default() });
+        let basic = openssl_ext::ocsp_response_from_der(&der).unwrap().basic().unwrap();
+        assert_eq!(basic.carried_certs().map(|certs| certs.len()), Some(2));
+        let r = validate(&der, &leaf, &policy(), unix_now());
+        assert_eq!(r, Err(Rejection::BadSignature("it carries a certificate the issuer did not sign".into())));
+    }
+
+    #[test]
+    fn carried_certificate_the_issuer_signed_is_accepted() {
+        let leaf = cert_info("leaf");
+        let der = response_for(&leaf, Opts { other_cert: Some("leaf2"), ..Opts::default() });
+        let v = validate(&der, &leaf, &policy(), unix_now()).expect("validates");
+        assert_eq!(v.status, CertStatus::Good);
     }
 
     #[test]
@@ -510,6 +552,10 @@ mod tests {
         assert_eq!(r, Err(Rejection::ResponderError("sigRequired")));
     }
 
+    fn nonce_of(der: &[u8]) -> Option<Vec<u8>> {
+        response_nonce(&openssl_ext::ocsp_response_from_der(der).unwrap().basic().unwrap())
+    }
+
     #[test]
     fn echoed_nonce_is_accepted() {
         let leaf = cert_info("leaf");
@@ -517,7 +563,7 @@ mod tests {
         let nonce = nonce.expect("nonce requested");
         assert_eq!(nonce.len(), 16);
         let der = respond(&req, Opts::default());
-        assert_eq!(der::response_nonce(&der).as_deref(), Some(nonce.as_slice()));
+        assert_eq!(nonce_of(&der).as_deref(), Some(nonce.as_slice()));
         let p = Policy { nonce: Some(nonce), ..policy() };
         let v = validate(&der, &leaf, &p, unix_now()).expect("nonce echoed");
         assert_eq!(v.status, CertStatus::Good);
@@ -529,16 +575,31 @@ mod tests {
         let (req, nonce) = build_request(&leaf, true).expect("request");
         let der = respond(&req, Opts { key_id: true, signer: "responder", ..Opts::default() });
         let p = Policy { nonce: nonce.clone(), ..policy() };
-        assert_eq!(der::response_nonce(&der), nonce);
+        assert_eq!(nonce_of(&der), nonce);
         let v = validate(&der, &leaf, &p, unix_now()).expect("nonce echoed");
         assert_eq!(v.status, CertStatus::Good);
+    }
+
+    #[test]
+    fn unwrapped_nonce_is_accepted() {
+        use crate::openssl_ext::RequestExt;
+        let leaf = cert_info("leaf");
+        let id = OcspCertId::from_cert(MessageDigest::sha1(), &leaf.leaf, &leaf.issuer).unwrap();
+        let mut req = openssl::ocsp::OcspRequest::new().unwrap();
+        req.add_id(id).unwrap();
+        let nonce = vec![0x5a; 16];
+        req.add_unwrapped_nonce(&nonce).unwrap();
+        let der = respond(&req.to_der().unwrap(), Opts::default());
+        assert_eq!(nonce_of(&der).as_deref(), Some(nonce.as_slice()));
+        let p = Policy { nonce: Some(nonce), ..policy() };
+        assert!(validate(&der, &leaf, &p, unix_now()).is_ok());
     }
 
     #[test]
     fn missing_nonce_is_rejected() {
         let leaf = cert_info("leaf");
         let der = response_for(&leaf, Opts::default());
-        assert_eq!(der::response_nonce(&der), None);
+        assert_eq!(nonce_of(&der), None);
         let p = Policy { nonce: Some(vec![0x42; 16]), ..policy() };
         assert_eq!(validate(&der, &leaf, &p, unix_now()), Err(Rejection::NonceMismatch));
     }
