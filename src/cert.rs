@@ -5,9 +5,12 @@ use std::fmt;
 
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::x509::X509;
+use openssl::x509::{X509Ref, X509};
 
-use crate::der;
+use crate::openssl_ext::CertificateExt;
+
+/// TLS extension number of status_request, which a must-staple certificate requires.
+const STATUS_REQUEST: u32 = 5;
 
 /// The id mod_ssl uses for a certificate: SHA-1 of its DER.
 pub type CertKey = [u8; 20];
@@ -83,11 +86,10 @@ impl CertInfo {
             leaf.digest(MessageDigest::sha1()).map_err(|e| CertError(format!("cannot hash the certificate: {e}")))?;
         let mut key = [0u8; 20];
         key.copy_from_slice(&digest);
-        let der = leaf.to_der().map_err(|e| CertError(format!("cannot encode the certificate: {e}")))?;
         let aia_ocsp_url = leaf.ocsp_responders().ok().and_then(|urls| urls.iter().next().map(|u| u.to_string()));
         Ok(CertInfo {
             key,
-            must_staple: der::has_must_staple(&der),
+            must_staple: requires_status_request(&leaf),
             label: label_of(&leaf),
             leaf,
             issuer,
@@ -104,6 +106,12 @@ impl CertInfo {
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// True if the certificate's TLS Feature extension requires status_request (RFC 7633
+/// must-staple). An extension OpenSSL cannot decode counts as none.
+fn requires_status_request(cert: &X509Ref) -> bool {
+    matches!(cert.tls_features(), Ok(Some(features)) if features.contains(STATUS_REQUEST))
 }
 
 fn label_of(cert: &X509) -> String {

@@ -3,7 +3,7 @@
 //! Layers: `apache` holds all of Apache's FFI code, types and pointers, and `openssl_ext`
 //! the few OpenSSL calls the openssl crate lacks (the compiler refuses `unsafe_code`
 //! anywhere else); `config`, `cert`, `ocsp`, `store`, `refresh`, `time`, `transport` and
-//! `engine` are safe Rust, tested without Apache.
+//! `engine` are safe Rust, tested without Apache. OpenSSL is the only ASN.1 parser.
 
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -13,7 +13,6 @@
 pub mod apache;
 pub mod cert;
 pub mod config;
-pub mod der;
 pub mod engine;
 pub mod ocsp;
 pub mod openssl_ext;

@@ -2,7 +2,6 @@
 
 pub mod fetch;
 pub mod request;
-pub mod time;
 pub mod validate;
 
 pub use fetch::{fetch, FetchError, MAX_RESPONSE_BYTES};
