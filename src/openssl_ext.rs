@@ -373,6 +373,22 @@ mod tests {
         assert!(octet_string_from_der(&[0x02, 0x01, 7]).is_err());
     }
 
+    #[test]
+    fn octet_strings_with_long_form_lengths_are_parsed_whole() {
+        let headers: [(usize, &[u8]); 5] = [
+            (0, &[0x04, 0x00]),
+            (127, &[0x04, 0x7f]),
+            (128, &[0x04, 0x81, 0x80]),
+            (256, &[0x04, 0x82, 0x01, 0x00]),
+            (70_000, &[0x04, 0x83, 0x01, 0x11, 0x70]),
+        ];
+        for (len, header) in headers {
+            let der = [header, &vec![7u8; len]].concat();
+            assert_eq!(octet_string_from_der(&der).unwrap().len(), len);
+            assert!(octet_string_from_der(&der[..der.len() - 1]).is_err(), "{len} bytes, cut");
+        }
+    }
+
     fn basic_of(der: &[u8]) -> openssl::ocsp::OcspBasicResponse {
         ocsp_response_from_der(der).unwrap().basic().unwrap()
     }
