@@ -102,6 +102,9 @@ impl std::error::Error for Rejection {}
 
 /// Checks `der` as an answer for `cert` at Unix time `now`.
 pub fn validate(der_bytes: &[u8], cert: &CertInfo, policy: &Policy, now: UnixTime) -> Result<Verified, Rejection> {
+    // Drop errors an earlier call left in this thread's queue (a failed certificate
+    // signature check leaves one), so that a rejection names its own reason.
+    drop(openssl::error::ErrorStack::get());
     // The whole of `der_bytes`: strict clients refuse bytes after the response.
     let response = openssl_ext::ocsp_response_from_der(der_bytes).map_err(|e| Rejection::NotOcsp(e.to_string()))?;
     let status = response.status();
