@@ -15,7 +15,16 @@ pub const DEFAULT_TIME_SKEW: Duration = Duration::from_secs(300);
 /// Default renew window: refresh when half of the validity is left.
 pub const DEFAULT_RENEW_WINDOW: RenewWindow = RenewWindow::Percent(50);
 /// Largest responder timeout we accept: a longer one would stall startup.
-const MAX_RESPONDER_TIMEOUT_SECS: u64 = 300;
+pub const MAX_RESPONDER_TIMEOUT_SECS: u64 = 300;
+/// Largest time skew, maximum response age and fixed renew window: 30 days. Real
+/// responses are valid for days, never months, and the bound keeps every sum of times
+/// far from overflowing.
+pub const MAX_SPAN_SECS: u64 = 30 * 86_400;
+/// Smallest `StaplingCache` size in bytes (mod_ssl's shmcb refuses less, too).
+pub const MIN_CACHE_BYTES: usize = 8192;
+/// Largest `StaplingCache` size in bytes: 1 GiB. The size caps the shared store, and no
+/// server has a hundred thousand certificates.
+pub const MAX_CACHE_BYTES: usize = 1 << 30;
 
 /// A directive error, shown by `apachectl -t` as one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,9 +196,10 @@ impl ServerConfig {
         self.global.cache.as_ref()
     }
 
-    /// Apply one directive. `name` is matched case-insensitively, as Apache does.
+    /// Apply one directive. `name` is matched case-insensitively, as Apache does. `arg`
+    /// is taken as written: Apache has already removed the spaces around it, so a space
+    /// left inside (a quoted `" 5"`) makes the value wrong, not ignored.
     pub fn apply(&mut self, name: &str, arg: &str, ctx: Context) -> Result<Outcome, ConfigError> {
-        let arg = arg.trim();
         let lname = name.to_ascii_lowercase();
         if ctx == Context::VirtualHost && (lname == "stapling" || lname == "sslusestapling") {
             self.switch_in_vhost = true;
@@ -200,7 +210,7 @@ impl ServerConfig {
         match lname.as_str() {
             "stapling" => self.own.enabled = Some(parse_on_off(name, arg)?),
             "staplingrespondertimeout" => self.own.responder_timeout = Some(parse_timeout(name, arg)?),
-            "staplingresponsetimeskew" => self.own.time_skew = Some(parse_seconds(name, arg)?),
+            "staplingresponsetimeskew" => self.own.time_skew = Some(parse_skew(name, arg)?),
             "staplingresponsemaxage" => self.own.max_age = Some(parse_max_age(name, arg)?),
             "staplingforceurl" => self.own.force_url = Some(parse_url(name, arg)?),
             "staplingrenewwindow" => self.own.renew_window = Some(parse_renew_window(name, arg)?),
@@ -222,8 +232,9 @@ impl ServerConfig {
         Ok(Outcome::Handled)
     }
 
-    /// mod_ssl's directives. mod_ssl validates them itself; we record what we can use
-    /// and leave the rest to it, so a value it accepts never breaks our parse.
+    /// mod_ssl's directives. Those whose values we use are held to the same ranges as
+    /// our own twins (a value we cannot read exactly fails the config test rather than
+    /// being silently replaced by a default); mod_ssl parses every one of them as well.
     fn apply_compat(&mut self, name: &str, rest: &str, arg: &str, ctx: Context) -> Result<Outcome, ConfigError> {
         let lenient = |r: Result<(), ConfigError>| {
             // mod_ssl reports bad values with its own message.
@@ -233,10 +244,17 @@ impl ServerConfig {
         match rest {
             "usestapling" => lenient(parse_on_off(name, arg).map(|v| self.compat.enabled = Some(v))),
             "staplingrespondertimeout" => {
-                lenient(parse_timeout(name, arg).map(|v| self.compat.responder_timeout = Some(v)))
+                self.compat.responder_timeout = Some(parse_timeout(name, arg)?);
+                Ok(Outcome::PassToModSsl)
             }
-            "staplingresponsetimeskew" => lenient(parse_seconds(name, arg).map(|v| self.compat.time_skew = Some(v))),
-            "staplingresponsemaxage" => lenient(parse_max_age(name, arg).map(|v| self.compat.max_age = Some(v))),
+            "staplingresponsetimeskew" => {
+                self.compat.time_skew = Some(parse_skew(name, arg)?);
+                Ok(Outcome::PassToModSsl)
+            }
+            "staplingresponsemaxage" => {
+                self.compat.max_age = Some(parse_max_age(name, arg)?);
+                Ok(Outcome::PassToModSsl)
+            }
             "staplingforceurl" => lenient(parse_url(name, arg).map(|v| self.compat.force_url = Some(v))),
             "staplingcache" => {
                 if ctx == Context::Global {
@@ -275,33 +293,67 @@ fn parse_on_off(name: &str, arg: &str) -> Result<bool, ConfigError> {
     match arg.to_ascii_lowercase().as_str() {
         "on" => Ok(true),
         "off" => Ok(false),
-        _ => Err(ConfigError(format!("{name}: expected On or Off, got '{arg}'"))),
+        _ => Err(ConfigError(format!("{name}: expected On or Off, got '{}'", shown(arg)))),
     }
 }
 
-fn parse_seconds(name: &str, arg: &str) -> Result<Duration, ConfigError> {
-    arg.parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|_| ConfigError(format!("{name}: expected a whole number of seconds (0 or more), got '{arg}'")))
+/// `arg` for an error line: control characters escaped, at most 60 characters.
+fn shown(arg: &str) -> String {
+    const MAX_CHARS: usize = 60;
+    let mut out = String::new();
+    for c in arg.chars().take(MAX_CHARS) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if arg.chars().nth(MAX_CHARS).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// A whole number written as decimal digits only: no sign, space, unit, point or
+/// prefix. `None` for anything else, and for a number too large for `u64`.
+fn digits(arg: &str) -> Option<u64> {
+    if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    arg.parse().ok()
+}
+
+/// `arg` as whole seconds from `min` to `max`.
+fn seconds_in(arg: &str, min: u64, max: u64) -> Option<Duration> {
+    digits(arg).filter(|n| (min..=max).contains(n)).map(Duration::from_secs)
+}
+
+/// "a whole number of seconds from 1 to 2592000 (30 days)".
+fn seconds_range(min: u64) -> String {
+    format!("a whole number of seconds from {min} to {MAX_SPAN_SECS} (30 days)")
+}
+
+fn parse_skew(name: &str, arg: &str) -> Result<Duration, ConfigError> {
+    seconds_in(arg, 0, MAX_SPAN_SECS)
+        .ok_or_else(|| ConfigError(format!("{name}: expected {}, got '{}'", seconds_range(0), shown(arg))))
 }
 
 fn parse_timeout(name: &str, arg: &str) -> Result<Duration, ConfigError> {
-    match arg.parse::<u64>() {
-        Ok(n) if (1..=MAX_RESPONDER_TIMEOUT_SECS).contains(&n) => Ok(Duration::from_secs(n)),
-        _ => Err(ConfigError(format!(
-            "{name}: expected a number of seconds from 1 to {MAX_RESPONDER_TIMEOUT_SECS}, got '{arg}'"
-        ))),
-    }
+    seconds_in(arg, 1, MAX_RESPONDER_TIMEOUT_SECS).ok_or_else(|| {
+        ConfigError(format!(
+            "{name}: expected a whole number of seconds from 1 to {MAX_RESPONDER_TIMEOUT_SECS}, got '{}'",
+            shown(arg)
+        ))
+    })
 }
 
 fn parse_max_age(name: &str, arg: &str) -> Result<Option<Duration>, ConfigError> {
-    match arg.parse::<i64>() {
-        Ok(-1) => Ok(None),
-        Ok(n) if n > 0 => Ok(Some(Duration::from_secs(n as u64))),
-        _ => Err(ConfigError(format!(
-            "{name}: expected a number of seconds greater than 0, or -1 for no limit, got '{arg}'"
-        ))),
+    if arg == "-1" {
+        return Ok(None);
     }
+    seconds_in(arg, 1, MAX_SPAN_SECS).map(Some).ok_or_else(|| {
+        ConfigError(format!("{name}: expected -1 (no limit) or {}, got '{}'", seconds_range(1), shown(arg)))
+    })
 }
 
 fn parse_url(name: &str, arg: &str) -> Result<String, ConfigError> {
@@ -309,31 +361,32 @@ fn parse_url(name: &str, arg: &str) -> Result<String, ConfigError> {
     // OCSP is fetched over plain HTTP (RFC 6960 A.1): the response is signed.
     match lower.strip_prefix("http://") {
         Some(h) if !h.is_empty() && !h.starts_with('/') && !arg.contains(char::is_whitespace) => Ok(arg.to_string()),
-        _ => Err(ConfigError(format!("{name}: expected an http:// URL of an OCSP responder, got '{arg}'"))),
+        _ => Err(ConfigError(format!("{name}: expected an http:// URL of an OCSP responder, got '{}'", shown(arg)))),
     }
 }
 
 fn parse_renew_window(name: &str, arg: &str) -> Result<RenewWindow, ConfigError> {
-    let bad =
-        || ConfigError(format!("{name}: expected a percentage from 1% to 99% or a number of seconds, got '{arg}'"));
-    if let Some(p) = arg.strip_suffix('%') {
-        return match p.trim().parse::<u8>() {
-            Ok(n) if (1..=99).contains(&n) => Ok(RenewWindow::Percent(n)),
-            _ => Err(bad()),
-        };
-    }
-    match arg.parse::<u64>() {
-        Ok(n) if n > 0 => Ok(RenewWindow::Fixed(Duration::from_secs(n))),
-        _ => Err(bad()),
-    }
+    let window = match arg.strip_suffix('%') {
+        Some(p) => {
+            digits(p).and_then(|n| u8::try_from(n).ok()).filter(|n| (1..=99).contains(n)).map(RenewWindow::Percent)
+        }
+        None => seconds_in(arg, 1, MAX_SPAN_SECS).map(RenewWindow::Fixed),
+    };
+    window.ok_or_else(|| {
+        ConfigError(format!(
+            "{name}: expected a percentage from 1% to 99% or {}, got '{}'",
+            seconds_range(1),
+            shown(arg)
+        ))
+    })
 }
 
 fn parse_store(name: &str, arg: &str) -> Result<Option<String>, ConfigError> {
     if arg.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    if arg.is_empty() || arg.contains('\0') {
-        return Err(ConfigError(format!("{name}: expected a directory or 'none', got '{arg}'")));
+    if arg.is_empty() || arg.contains('\0') || arg.trim() != arg {
+        return Err(ConfigError(format!("{name}: expected a directory or 'none', got '{}'", shown(arg))));
     }
     Ok(Some(arg.to_string()))
 }
@@ -344,7 +397,8 @@ const CACHE_PROVIDERS: &[&str] = &["shmcb", "shmht", "dbm", "dc", "memcache", "r
 fn parse_cache(name: &str, arg: &str) -> Result<CacheSpec, ConfigError> {
     let bad = |why: &str| {
         ConfigError(format!(
-            "{name}: {why}; expected TYPE[:ARGS], e.g. shmcb:/run/apache2/stapling(128000), got '{arg}'"
+            "{name}: {why}; expected TYPE[:ARGS], e.g. shmcb:/run/apache2/stapling(1048576), got '{}'",
+            shown(arg)
         ))
     };
     let (provider, args) = match arg.split_once(':') {
@@ -352,18 +406,22 @@ fn parse_cache(name: &str, arg: &str) -> Result<CacheSpec, ConfigError> {
         None => (arg.to_ascii_lowercase(), ""),
     };
     if !CACHE_PROVIDERS.contains(&provider.as_str()) {
-        return Err(bad(&format!("unknown cache type '{provider}'")));
+        return Err(bad(&format!("unknown cache type '{}'", shown(&provider))));
     }
-    let size = match (args.rfind('('), args.ends_with(')')) {
-        (Some(open), true) if provider.starts_with("shm") => {
-            let digits = &args[open + 1..args.len() - 1];
-            match digits.trim().parse::<usize>() {
-                Ok(n) if n >= 8192 => Some(n),
-                _ => return Err(bad("the size in parentheses must be a number of bytes, at least 8192")),
+    let size = match (args.rfind('('), args.strip_suffix(')')) {
+        (Some(open), Some(inner)) if provider.starts_with("shm") => {
+            match digits(&inner[open + 1..]).and_then(|n| usize::try_from(n).ok()) {
+                Some(n) if (MIN_CACHE_BYTES..=MAX_CACHE_BYTES).contains(&n) => Some(n),
+                _ => {
+                    return Err(bad(&format!(
+                        "the size in parentheses must be a whole number of bytes from {MIN_CACHE_BYTES} \
+                         to {MAX_CACHE_BYTES} (1 GiB)"
+                    )))
+                }
             }
         }
-        (None, false) | (Some(_), true) | (Some(_), false) => None,
-        (None, true) => return Err(bad("unbalanced parentheses")),
+        (None, Some(_)) => return Err(bad("unbalanced parentheses")),
+        _ => None,
     };
     Ok(CacheSpec { provider, size })
 }
@@ -493,7 +551,7 @@ mod tests {
             Ok(Outcome::IgnoredPassToModSsl(_))
         ));
         assert_eq!(apply(&mut base, "SSLStaplingResponderTimeout", "5"), Ok(Outcome::PassToModSsl));
-        assert_eq!(apply(&mut base, "SSLStaplingResponderTimeout", "junk"), Ok(Outcome::PassToModSsl));
+        assert_eq!(apply(&mut base, "SSLUseStapling", "junk"), Ok(Outcome::PassToModSsl), "mod_ssl's to refuse");
         let mut vhost = ServerConfig::default();
         assert_eq!(vhost.apply("SSLUseStapling", "on", Context::VirtualHost), Ok(Outcome::PassToModSsl));
         let merged = ServerConfig::merge(&base, &vhost);
@@ -535,5 +593,134 @@ mod tests {
         let mut vhost = ServerConfig::default();
         vhost.apply("SSLUseStapling", "on", Context::VirtualHost).unwrap();
         assert!(ServerConfig::merge(&base, &vhost).effective(true).enabled);
+    }
+    /// Every numeric directive, ours and the mod_ssl twins we read, with the text of
+    /// its range as the error line gives it.
+    const NUMERIC: &[(&str, &str)] = &[
+        ("StaplingResponderTimeout", "from 1 to 300"),
+        ("SSLStaplingResponderTimeout", "from 1 to 300"),
+        ("StaplingResponseTimeSkew", "from 0 to 2592000 (30 days)"),
+        ("SSLStaplingResponseTimeSkew", "from 0 to 2592000 (30 days)"),
+        ("StaplingResponseMaxAge", "-1 (no limit) or a whole number of seconds from 1 to 2592000 (30 days)"),
+        ("SSLStaplingResponseMaxAge", "-1 (no limit) or a whole number of seconds from 1 to 2592000 (30 days)"),
+        ("StaplingRenewWindow", "from 1% to 99% or a whole number of seconds from 1 to 2592000 (30 days)"),
+        ("StaplingCache", "from 8192 to 1073741824 (1 GiB)"),
+    ];
+
+    /// The argument for `name` with `n` in the place of the number.
+    fn numeric_arg(name: &str, n: &str) -> String {
+        if name == "StaplingCache" {
+            format!("shmcb:/run/stapling({n})")
+        } else {
+            n.to_string()
+        }
+    }
+
+    fn assert_refused(name: &str, arg: &str, range: &str) {
+        let err = apply(&mut ServerConfig::default(), name, arg).expect_err(&format!("{name} '{arg}' accepted"));
+        assert!(err.0.starts_with(&format!("{name}: ")), "{err}");
+        assert!(err.0.contains(range), "names the range: {err}");
+        assert!(err.0.contains(&format!("'{}'", shown(arg))), "names the value: {err}");
+        assert!(!err.0.contains('\n') && err.0.len() < 300, "one short line: {err}");
+    }
+
+    #[test]
+    fn numeric_directives_accept_their_bounds() {
+        let secs = Duration::from_secs;
+        let check = |name: &str, arg: &str, want: &dyn Fn(&Effective) -> bool| {
+            let mut c = ServerConfig::default();
+            apply(&mut c, name, arg).unwrap_or_else(|e| panic!("{name} {arg}: {e}"));
+            assert!(want(&c.effective(true)), "{name} {arg}: {:?}", c.effective(true));
+        };
+        for prefix in ["", "SSL"] {
+            let n = |base: &str| format!("{prefix}{base}");
+            check(&n("StaplingResponderTimeout"), "1", &|e| e.responder_timeout == secs(1));
+            check(&n("StaplingResponderTimeout"), "300", &|e| e.responder_timeout == secs(300));
+            check(&n("StaplingResponseTimeSkew"), "0", &|e| e.time_skew == secs(0));
+            check(&n("StaplingResponseTimeSkew"), "2592000", &|e| e.time_skew == secs(MAX_SPAN_SECS));
+            check(&n("StaplingResponseMaxAge"), "-1", &|e| e.max_age.is_none());
+            check(&n("StaplingResponseMaxAge"), "1", &|e| e.max_age == Some(secs(1)));
+            check(&n("StaplingResponseMaxAge"), "2592000", &|e| e.max_age == Some(secs(MAX_SPAN_SECS)));
+        }
+        check("StaplingRenewWindow", "1%", &|e| e.renew_window == RenewWindow::Percent(1));
+        check("StaplingRenewWindow", "99%", &|e| e.renew_window == RenewWindow::Percent(99));
+        check("StaplingRenewWindow", "1", &|e| e.renew_window == RenewWindow::Fixed(secs(1)));
+        check("StaplingRenewWindow", "2592000", &|e| e.renew_window == RenewWindow::Fixed(secs(MAX_SPAN_SECS)));
+        check("StaplingRenewWindow", "007%", &|e| e.renew_window == RenewWindow::Percent(7));
+        for (arg, size) in [("shmcb:/x(8192)", MIN_CACHE_BYTES), ("shmht:/x(1073741824)", MAX_CACHE_BYTES)] {
+            let mut c = ServerConfig::default();
+            apply(&mut c, "StaplingCache", arg).unwrap();
+            assert_eq!(c.cache_spec().unwrap().size, Some(size));
+        }
+    }
+
+    #[test]
+    fn numeric_directives_refuse_values_just_beyond_their_bounds() {
+        for (name, range) in NUMERIC {
+            let beyond: &[&str] = match name.trim_start_matches("SSL") {
+                "StaplingResponderTimeout" => &["0", "301"],
+                "StaplingResponseTimeSkew" => &["2592001"],
+                "StaplingResponseMaxAge" => &["0", "-2", "2592001"],
+                "StaplingRenewWindow" => &["0%", "100%", "0", "2592001"],
+                _ => &["8191", "1073741825"],
+            };
+            for n in beyond {
+                assert_refused(name, &numeric_arg(name, n), range);
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_and_huge_numbers_are_refused_never_wrapped() {
+        let odd = [
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999999999999",
+            "-5",
+            "-0",
+            "+5",
+            " 5",
+            "5 ",
+            "5s",
+            "5m",
+            "0x10",
+            "1e3",
+            "5.0",
+            "",
+            "\u{0665}",
+            "5\t",
+        ];
+        for (name, range) in NUMERIC {
+            for n in odd {
+                assert_refused(name, &numeric_arg(name, n), range);
+            }
+        }
+        for p in ["+5%", " 5%", "5 %", "-5%", "256%", "18446744073709551617%", "%", "5%%"] {
+            assert_refused("StaplingRenewWindow", p, "from 1% to 99%");
+        }
+    }
+
+    #[test]
+    fn compat_values_out_of_range_fail_the_config_test() {
+        let mut c = ServerConfig::default();
+        let err = apply(&mut c, "SSLStaplingResponseTimeSkew", "9223372036854775807").unwrap_err();
+        assert!(err.0.starts_with("SSLStaplingResponseTimeSkew: expected"), "{err}");
+        assert_eq!(c, ServerConfig::default(), "nothing recorded");
+        // SSLStaplingCache is mod_ssl's: its size is not ours to judge.
+        assert!(matches!(
+            apply(&mut c, "SSLStaplingCache", "shmcb:/x(4000000000)"),
+            Ok(Outcome::IgnoredPassToModSsl(_))
+        ));
+    }
+
+    #[test]
+    fn a_long_or_odd_value_is_shown_short_on_one_line() {
+        let long = "9".repeat(5000);
+        let err = apply(&mut ServerConfig::default(), "StaplingResponseTimeSkew", &long).unwrap_err();
+        assert!(err.0.len() < 200 && err.0.ends_with("...'"), "{err}");
+        let err = apply(&mut ServerConfig::default(), "StaplingStore", " /x\r\n").unwrap_err();
+        assert!(!err.0.contains(['\r', '\n']) && err.0.contains("\\r\\n"), "{err}");
     }
 }
