@@ -8,10 +8,10 @@ use log::{debug, error, info, warn};
 
 use crate::cert::{CertInfo, CertKey, KeyMap};
 use crate::config::Effective;
-use crate::ocsp::{self, CertStatus, Policy, Verified};
+use crate::ocsp::{self, CertStatus, Policy, Rejection, Verified};
 use crate::refresh;
 use crate::store::{DiskStore, Lease, Publish, Published, Schedule, SharedStore, SlotStatus, StapleBuffer, StoreError};
-use crate::time::Clock;
+use crate::time::{Clock, UnixTime};
 use crate::transport::{HttpTransport, Stop, Transport};
 
 /// Fetches the startup helper runs at once.
@@ -52,6 +52,13 @@ impl ManagedCert {
             format!("{} (vhost {})", self.info.label, self.vhosts.join(", "))
         }
     }
+}
+
+/// Whether the bytes of a stored file may be stapled for `cert` at `now`: the same
+/// validation as a fresh response (signature, CertID, times, status) under the
+/// certificate's settings, without a nonce, since the request that carried one is gone.
+pub fn accept_stored(bytes: &[u8], cert: &ManagedCert, now: UnixTime) -> Result<Verified, Rejection> {
+    ocsp::validate(bytes, &cert.info, &Runtime::policy(cert, None), now)
 }
 
 /// What the prime hook decided for one certificate.
@@ -227,7 +234,7 @@ impl Runtime {
                 return None;
             }
         };
-        match ocsp::validate(&bytes, &cert.info, &Self::policy(cert, None), self.clock.now()) {
+        match accept_stored(&bytes, cert, self.clock.now()) {
             Ok(v) => Some((bytes, v)),
             Err(why) => {
                 warn!("stored response {} for {} is not usable ({why}); deleting it", path.display(), cert.describe());
@@ -517,22 +524,26 @@ mod tests {
     }
 
     fn managed(name: &str) -> ManagedCert {
-        ManagedCert {
-            info: testpki::cert_info(name),
-            settings: enabled(),
-            url: "http://127.0.0.1:9/".into(),
-            vhosts: vec![],
-        }
+        managed_with(name, enabled())
+    }
+
+    fn managed_with(name: &str, settings: Effective) -> ManagedCert {
+        ManagedCert { info: testpki::cert_info(name), settings, url: "http://127.0.0.1:9/".into(), vhosts: vec![] }
     }
 
     /// A runtime for `leaf` on a fresh region, with a clock that starts at real time
     /// (the test responses are valid for a day from now).
     fn runtime_with_clock(disk: Option<DiskStore>) -> (Runtime, Arc<ManualClock>) {
+        runtime_for(managed("leaf"), disk)
+    }
+
+    /// A runtime for `cert` on a fresh region, with a clock that starts at real time.
+    fn runtime_for(cert: ManagedCert, disk: Option<DiskStore>) -> (Runtime, Arc<ManualClock>) {
         let words: &'static [AtomicU64] =
             Box::leak((0..Layout::for_certs(4).words()).map(|_| AtomicU64::new(0)).collect());
         let store = SharedStore::attach(words, Layout::for_certs(4), 4).unwrap();
         let clock = Arc::new(ManualClock::at(SystemClock.now()));
-        (Runtime::new(store, vec![managed("leaf")], disk, clock.clone()).unwrap(), clock)
+        (Runtime::new(store, vec![cert], disk, clock.clone()).unwrap(), clock)
     }
 
     fn runtime(disk: Option<DiskStore>) -> Runtime {
@@ -760,5 +771,63 @@ mod tests {
         assert!(!torn.restore_from_disk(0));
         assert_eq!(disk.load(&rt.certs[0].info.key).unwrap(), None);
         assert_eq!(torn.staple(&torn.certs[0].info.key, &mut StapleBuffer::default()), Some(false));
+    }
+    /// `Stapling on` and the given directives, as Apache would apply them.
+    fn configured(directives: &[(&str, &str)]) -> Effective {
+        let mut cfg = ServerConfig::default();
+        for (name, arg) in [("Stapling", "on")].iter().chain(directives) {
+            cfg.apply(name, arg, crate::config::Context::Global).unwrap();
+        }
+        cfg.effective(true)
+    }
+
+    #[test]
+    fn thirty_days_of_skew_and_max_age_staple_exactly_that_long() {
+        let settings = configured(&[
+            ("StaplingResponseTimeSkew", "2592000"),
+            ("StaplingResponseMaxAge", "2592000"),
+            ("StaplingRenewWindow", "99%"),
+        ]);
+        let (rt, clock) = runtime_for(managed_with("leaf", settings), None);
+        let start = clock.now();
+        let der = good();
+        assert_eq!(refresh(&rt, &Scripted::new(vec![Ok(der.clone())])), Attempt::Published(SlotStatus::Good));
+        let st = rt.store.state(rt.slots[0]);
+        let month = Duration::from_secs(crate::config::MAX_SPAN_SECS);
+        let until = st.next_update.unwrap().plus(month);
+        assert_eq!(st.staple_until, Some(until), "nextUpdate plus 30 days");
+        // 99% of a one-day response: due at once, so an hour later (never a loop).
+        let wait = start.seconds_until(st.next_fetch.unwrap());
+        assert!((3600 - 120..=3600 + 120).contains(&wait), "next fetch in {wait}s");
+        clock.set(until.minus(Duration::from_secs(1)));
+        assert_eq!(stapled(&rt), Some(der.clone()));
+        clock.set(until);
+        assert_eq!(stapled(&rt), None);
+        // The same bytes from disk: accepted up to the last second of the skew, not after.
+        assert!(accept_stored(&der, &rt.certs[0], until.minus(Duration::from_secs(1))).is_ok());
+        assert!(matches!(
+            accept_stored(&der, &rt.certs[0], until.plus(Duration::from_secs(1))),
+            Err(Rejection::Expired(_))
+        ));
+    }
+
+    #[test]
+    fn a_thirty_day_fixed_window_and_the_longest_timeout_never_wrap() {
+        let settings = configured(&[
+            ("StaplingRenewWindow", "2592000"),
+            ("StaplingResponderTimeout", "300"),
+            ("StaplingResponseTimeSkew", "0"),
+            ("StaplingResponseMaxAge", "1"),
+        ]);
+        let (rt, clock) = runtime_for(managed_with("leaf", settings), None);
+        let start = clock.now();
+        assert_eq!(refresh(&rt, &Scripted::new(vec![Ok(good())])), Attempt::Published(SlotStatus::Good));
+        let st = rt.store.state(rt.slots[0]);
+        assert_eq!(st.staple_until, st.next_update, "no skew");
+        let wait = start.seconds_until(st.next_fetch.unwrap());
+        assert!((3600 - 120..=3600 + 120).contains(&wait), "a window wider than the validity: {wait}s");
+        // A max age of 1 s (plus no skew) refuses the same response a few seconds later.
+        clock.advance(Duration::from_secs(5));
+        assert!(matches!(accept_stored(&good(), &rt.certs[0], clock.now()), Err(Rejection::TooOld(_))));
     }
 }

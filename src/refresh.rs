@@ -139,6 +139,58 @@ mod tests {
     }
 
     #[test]
+    fn thirty_days_of_skew_and_window_give_exact_times() {
+        let month = secs(crate::config::MAX_SPAN_SECS);
+        // A 7-day response, fetched when it was issued.
+        let p = plan_success(t(0), Some(t(7 * DAY)), t(0), month, RenewWindow::Fixed(month), 0.0);
+        assert_eq!(p.staple_until, t(37 * DAY), "nextUpdate plus 30 days");
+        assert_eq!(p.next_fetch, t(3600), "a window wider than the validity refreshes an hour later");
+        let p = plan_success(t(0), Some(t(100 * DAY)), t(0), month, RenewWindow::Percent(99), 0.0);
+        assert_eq!(p.next_fetch, t(DAY), "99%: refresh once 1% of the validity has passed");
+        let p = plan_success(t(0), Some(t(100 * DAY)), t(0), month, RenewWindow::Percent(1), 0.0);
+        assert_eq!(p.next_fetch, t(99 * DAY));
+    }
+
+    #[test]
+    fn extreme_in_range_settings_never_wrap_whatever_the_times() {
+        let month = secs(crate::config::MAX_SPAN_SECS);
+        let (min, max) = (t(i64::MIN), t(i64::MAX));
+        // A response may carry any time; the clock reads at most the end of year 9999
+        // (the last time ASN.1 can write), so "an hour from now" still fits.
+        let y9999 = t(253_402_300_799);
+        let windows =
+            [RenewWindow::Percent(1), RenewWindow::Percent(99), RenewWindow::Fixed(secs(1)), RenewWindow::Fixed(month)];
+        let times = [
+            (t(0), Some(t(DAY)), t(0)),
+            (t(0), Some(max), t(0)),
+            (min, Some(max), t(0)),
+            (min, Some(max), y9999),
+            (t(i64::MAX - 10), Some(max), y9999),
+            (t(0), Some(t(DAY)), min),
+            (t(0), Some(t(DAY)), y9999),
+            (max, Some(min), t(0)),
+            (t(0), None, y9999),
+            (min, None, min),
+        ];
+        for window in windows {
+            for (this, next, now) in times {
+                for (skew, jitter) in [(secs(0), 0.0), (month, 0.999), (month, f64::NAN)] {
+                    let p = plan_success(this, next, now, skew, window, jitter);
+                    let case = format!("{window:?} {this:?} {next:?} {now:?} {skew:?}: {p:?}");
+                    assert!(p.next_fetch >= now.plus(MIN_REFRESH_INTERVAL), "never at once: {case}");
+                    match next.filter(|n| *n > this) {
+                        Some(n) => {
+                            assert_eq!(p.staple_until, n.plus(skew), "{case}");
+                            assert!(p.next_fetch <= n.max(now.plus(secs(3600))), "not after nextUpdate: {case}");
+                        }
+                        None => assert!(p.next_fetch <= now.plus(NO_NEXT_UPDATE_REFRESH), "{case}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn backoff_doubles_and_caps() {
         let delays: Vec<i64> = (1..=10).map(|f| t(0).seconds_until(retry_after_failure(f, t(0), false, 0.0))).collect();
         assert_eq!(&delays[..4], &[30, 60, 120, 240]);

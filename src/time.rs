@@ -113,9 +113,10 @@ impl ManualClock {
         ManualClock(AtomicI64::new(start.0))
     }
 
-    /// Moves the clock by `d` (forwards).
+    /// Moves the clock by `d` (forwards; saturating, like [`UnixTime::plus`]).
     pub fn advance(&self, d: Duration) {
-        self.0.fetch_add(secs_of(d), Ordering::SeqCst);
+        let step = secs_of(d);
+        let _ = self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| Some(t.saturating_add(step)));
     }
 
     /// Sets the clock to `t` (which may be earlier: clocks step back too).
@@ -141,6 +142,24 @@ mod tests {
         assert_eq!(t.minus(Duration::from_secs(u64::MAX)), UnixTime::from_secs(100 - i64::MAX));
         assert_eq!(t.seconds_until(UnixTime::from_secs(40)), -60);
         assert_eq!(UnixTime::from_secs(40).since(t), Duration::ZERO);
+    }
+
+    #[test]
+    fn thirty_days_either_side_of_the_ends_of_time_saturate() {
+        let month = Duration::from_secs(crate::config::MAX_SPAN_SECS);
+        let (min, max) = (UnixTime::from_secs(i64::MIN), UnixTime::from_secs(i64::MAX));
+        assert_eq!(UnixTime::from_secs(i64::MAX - 1).plus(month), max);
+        assert_eq!(UnixTime::from_secs(i64::MIN + 1).minus(month), min);
+        assert_eq!(max.minus(month).plus(month), max);
+        assert_eq!(min.seconds_until(max), i64::MAX);
+        assert_eq!(max.seconds_until(min), i64::MIN);
+        assert_eq!(max.since(min), Duration::from_secs(i64::MAX as u64));
+        assert_eq!(min.since(max), Duration::ZERO);
+        assert_eq!(UnixTime::from_word(u64::MAX), Some(max));
+        assert!(!max.to_string().is_empty() && !min.to_string().is_empty());
+        let clock = ManualClock::at(UnixTime::from_secs(i64::MAX - 5));
+        clock.advance(month);
+        assert_eq!(clock.now(), max, "the test clock saturates too");
     }
 
     #[test]
