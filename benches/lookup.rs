@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mod_stapling::cert::CertInfo;
 use mod_stapling::config::ServerConfig;
 use mod_stapling::engine::{ManagedCert, Runtime};
-use mod_stapling::store::{Layout, Publish, Schedule, SharedStore, SlotStatus, StapleBuffer};
+use mod_stapling::store::{Layout, Publish, Schedule, SharedStore, SlotStatus, Source, StapleBuffer};
 use mod_stapling::time::{Clock, SystemClock, UnixTime};
 use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
@@ -69,10 +69,14 @@ fn runtime(certs: usize) -> Runtime {
             this_update: UnixTime::EPOCH,
             next_update: None,
             staple_until: now.plus(Duration::from_secs(3600)),
+            produced_at: None,
+            source: Source::Responder,
         };
         let lease = rt.store.try_lease(slot, now, Duration::from_secs(60)).unwrap();
         rt.store.publish(&lease, &p, now).unwrap();
-        rt.store.release(lease, Schedule { next_fetch: None, failures: 0, fetched_ok_at: None }).unwrap();
+        rt.store
+            .release(lease, Schedule { next_fetch: None, failures: 0, fetched_ok_at: None, ..Schedule::default() })
+            .unwrap();
     }
     rt
 }

@@ -8,9 +8,12 @@ use log::{debug, error, info, warn};
 
 use crate::cert::{CertInfo, CertKey, KeyMap};
 use crate::config::Effective;
+use crate::failure::Failure;
 use crate::ocsp::{self, CertStatus, Policy, Rejection, Verified};
 use crate::refresh;
-use crate::store::{DiskStore, Lease, Publish, Published, Schedule, SharedStore, SlotStatus, StapleBuffer, StoreError};
+use crate::store::{
+    DiskStore, Lease, Publish, Published, Schedule, SharedStore, SlotStatus, Source, StapleBuffer, StoreError,
+};
 use crate::time::{Clock, UnixTime};
 use crate::transport::{HttpTransport, Stop, Transport};
 
@@ -267,7 +270,7 @@ impl Runtime {
                 Attempt::Stopped
             }
             Ok((der, verified)) => self.publish(i, lease, &der, &verified, 0, true),
-            Err(why) => self.record_failure(i, lease, state.failures, why),
+            Err((failure, why)) => self.record_failure(i, lease, state.failures, failure, why),
         }
     }
 
@@ -276,15 +279,16 @@ impl Runtime {
         cert: &ManagedCert,
         slot: usize,
         transport: &dyn Transport,
-    ) -> Result<(Vec<u8>, Verified), String> {
-        let (request, nonce) = ocsp::build_request(&cert.info, cert.settings.use_nonce)?;
+    ) -> Result<(Vec<u8>, Verified), (Failure, String)> {
+        let (request, nonce) =
+            ocsp::build_request(&cert.info, cert.settings.use_nonce).map_err(|e| (Failure::NoIssuer, e))?;
         self.store.count_fetch(slot);
         debug!("{}: asking {}", cert.info.label, cert.url);
         let der = transport
             .fetch(&cert.url, &request, cert.settings.responder_timeout)
-            .map_err(|e| format!("fetch from {} failed: {e}", cert.url))?;
+            .map_err(|e| (e.failure(), format!("fetch from {} failed: {e}", cert.url)))?;
         let verified = ocsp::validate(&der, &cert.info, &Self::policy(cert, nonce), self.clock.now())
-            .map_err(|e| format!("response from {} rejected: {e}", cert.url))?;
+            .map_err(|e| (e.failure(), format!("response from {} rejected: {e}", cert.url)))?;
         Ok((der, verified))
     }
 
@@ -303,14 +307,22 @@ impl Runtime {
             this_update: v.this_update,
             next_update: v.next_update,
             staple_until: plan.staple_until,
+            produced_at: None,
+            source: if fresh { Source::Responder } else { Source::Disk },
         };
         let outcome = match self.store.publish(&lease, &publish, now) {
             Ok(Published::Replaced) => Attempt::Published(status),
             Ok(Published::KeptNewer) => Attempt::KeptNewer,
             Err(StoreError::LostLease) => return self.lost_lease(cert),
-            Err(e) => return self.record_failure(i, lease, previous.failures, e.to_string()),
+            Err(e) => return self.record_failure(i, lease, previous.failures, Failure::Store, e.to_string()),
         };
-        let schedule = Schedule { next_fetch: Some(plan.next_fetch), failures, fetched_ok_at: fresh.then_some(now) };
+        let schedule = Schedule {
+            next_fetch: Some(plan.next_fetch),
+            failures,
+            fetched_ok_at: fresh.then_some(now),
+            attempted_at: fresh.then_some(now),
+            failure: None,
+        };
         if self.store.release(lease, schedule).is_err() {
             return self.lost_lease(cert);
         }
@@ -381,13 +393,19 @@ impl Runtime {
         }
     }
 
-    fn record_failure(&self, i: usize, lease: Lease, previous_failures: u32, why: String) -> Attempt {
+    fn record_failure(&self, i: usize, lease: Lease, previous_failures: u32, failure: Failure, why: String) -> Attempt {
         let cert = &self.certs[i];
         let slot = lease.slot();
         let failures = previous_failures.saturating_add(1);
         let now = self.clock.now();
         let next = refresh::retry_after_failure(failures, now, cert.info.must_staple, jitter());
-        let schedule = Schedule { next_fetch: Some(next), failures, fetched_ok_at: None };
+        let schedule = Schedule {
+            next_fetch: Some(next),
+            failures,
+            attempted_at: Some(now),
+            failure: Some(failure),
+            ..Schedule::default()
+        };
         if self.store.release(lease, schedule).is_err() {
             return self.lost_lease(cert);
         }
@@ -697,9 +715,14 @@ mod tests {
                 this_update: v.this_update,
                 next_update: v.next_update,
                 staple_until: v.next_update.unwrap(),
+                produced_at: None,
+                source: Source::Responder,
             };
             self.rt.store.publish(&lease, &p, self.clock.now()).unwrap();
-            self.rt.store.release(lease, Schedule { next_fetch: None, failures: 0, fetched_ok_at: None }).unwrap();
+            self.rt
+                .store
+                .release(lease, Schedule { next_fetch: None, failures: 0, fetched_ok_at: None, ..Schedule::default() })
+                .unwrap();
             Err(FetchError("timed out".into()))
         }
     }

@@ -14,6 +14,7 @@ pub mod apache;
 pub mod cert;
 pub mod config;
 pub mod engine;
+pub mod failure;
 pub mod ocsp;
 pub mod openssl_ext;
 pub mod refresh;

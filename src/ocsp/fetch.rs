@@ -19,6 +19,23 @@ impl fmt::Display for FetchError {
 
 impl std::error::Error for FetchError {}
 
+impl FetchError {
+    /// The failure cause recorded in the shared store.
+    pub fn failure(&self) -> crate::failure::Failure {
+        use crate::failure::Failure;
+        let text = self.0.as_str();
+        if let Some(code) = text.strip_prefix("HTTP ").and_then(|r| r.split(' ').next()).and_then(|c| c.parse().ok()) {
+            Failure::HttpStatus(code)
+        } else if text.contains("timed out") || text.contains("Timeout") || text.contains("timeout") {
+            Failure::Timeout
+        } else if text.starts_with("transport error") {
+            Failure::Unreachable
+        } else {
+            Failure::NotOcsp
+        }
+    }
+}
+
 /// POSTs `request` to `url`. `timeout` bounds the connect and the whole exchange.
 pub fn fetch(url: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>, FetchError> {
     let agent = ureq::AgentBuilder::new()

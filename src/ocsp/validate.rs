@@ -16,6 +16,7 @@ use openssl::x509::verify::X509VerifyFlags;
 use openssl::x509::{X509Ref, X509};
 
 use crate::cert::CertInfo;
+use crate::failure::{Failure, Invalid};
 use crate::openssl_ext::{self, BasicResponseExt};
 use crate::time::UnixTime;
 
@@ -99,6 +100,34 @@ impl fmt::Display for Rejection {
 }
 
 impl std::error::Error for Rejection {}
+
+impl Rejection {
+    /// The failure cause recorded in the shared store.
+    pub fn failure(&self) -> Failure {
+        let invalid = match self {
+            Rejection::ResponderError(name) => return Failure::OcspStatus(ocsp_status_code(name)),
+            Rejection::NotOcsp(_) | Rejection::NotBasic | Rejection::BadTime => Invalid::Malformed,
+            Rejection::BadSignature(_) => Invalid::Signature,
+            Rejection::WrongCert => Invalid::WrongCert,
+            Rejection::Unknown => Invalid::Unknown,
+            Rejection::NotYetValid(_) | Rejection::Expired(_) | Rejection::TooOld(_) => Invalid::Time,
+            Rejection::NonceMismatch => Invalid::Nonce,
+        };
+        Failure::Invalid(invalid)
+    }
+}
+
+/// The OCSPResponseStatus number of a status name from [`response_status_name`].
+fn ocsp_status_code(name: &str) -> u8 {
+    match name {
+        "malformedRequest" => 1,
+        "internalError" => 2,
+        "tryLater" => 3,
+        "sigRequired" => 5,
+        "unauthorized" => 6,
+        _ => 0,
+    }
+}
 
 /// Checks `der` as an answer for `cert` at Unix time `now`.
 pub fn validate(der_bytes: &[u8], cert: &CertInfo, policy: &Policy, now: UnixTime) -> Result<Verified, Rejection> {

@@ -18,6 +18,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cert::CertKey;
+use crate::failure::Failure;
 use crate::time::UnixTime;
 
 /// Words in the region header: one page, so that slots are page-aligned.
@@ -40,7 +41,7 @@ const H_HIGH_WATER: usize = 6;
 /// Words per slot: one page.
 const SLOT_WORDS: usize = 512;
 /// Per-slot metadata words before the inline DER payload.
-const META_WORDS: usize = 18;
+const META_WORDS: usize = 24;
 const W_SEQ: usize = 0;
 const W_KEY: usize = 1; // three words: 20-byte key, zero padded
 const W_IN_USE: usize = 4;
@@ -61,6 +62,17 @@ const W_LEASE_PID: usize = 15;
 const W_WRITER: usize = 16;
 /// The large buffer holding the DER, plus one (0: the DER is inline).
 const W_LARGE: usize = 17;
+/// producedAt of the published response.
+const W_PRODUCED_AT: usize = 18;
+/// When the last fetch was attempted.
+const W_LAST_ATTEMPT: usize = 19;
+/// When the last failure happened, and its [`Failure`] word.
+const W_LAST_ERROR_AT: usize = 20;
+const W_LAST_ERROR: usize = 21;
+/// Where the published response came from ([`Source`]).
+const W_SOURCE: usize = 22;
+/// The alert in force: when it was last logged (high bits) and its kind (low 8 bits).
+const W_ALERT: usize = 23;
 
 /// Largest DER held inline in a slot; typical responses (0.5–3 KiB) fit.
 pub const INLINE_DER_BYTES: usize = (SLOT_WORDS - META_WORDS) * 8;
@@ -168,6 +180,30 @@ pub enum SlotStatus {
     Revoked = 2,
 }
 
+/// Where a published response came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Nothing published.
+    None = 0,
+    /// Fetched from the responder.
+    Responder = 1,
+    /// Restored from the disk store.
+    Disk = 2,
+    /// Read from the fleet tier (a shared socache).
+    Fleet = 3,
+}
+
+impl Source {
+    fn from_word(word: u64) -> Source {
+        match word {
+            1 => Source::Responder,
+            2 => Source::Disk,
+            3 => Source::Fleet,
+            _ => Source::None,
+        }
+    }
+}
+
 /// A response to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish<'a> {
@@ -181,10 +217,14 @@ pub struct Publish<'a> {
     pub next_update: Option<UnixTime>,
     /// Staple it only while `now < staple_until` (nextUpdate plus skew).
     pub staple_until: UnixTime,
+    /// producedAt, if known.
+    pub produced_at: Option<UnixTime>,
+    /// Where it came from.
+    pub source: Source,
 }
 
 /// What a lease holder records when it lets go of a slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Schedule {
     /// When to fetch next (`None`: at once).
     pub next_fetch: Option<UnixTime>,
@@ -192,6 +232,10 @@ pub struct Schedule {
     pub failures: u32,
     /// Set when this lease ended in a good fetch.
     pub fetched_ok_at: Option<UnixTime>,
+    /// Set when this lease asked the responder.
+    pub attempted_at: Option<UnixTime>,
+    /// Set when this lease ended in a failure (recorded at `attempted_at`).
+    pub failure: Option<Failure>,
 }
 
 /// The right to fetch for one slot and write it, until it expires. Every write under
@@ -496,7 +540,7 @@ impl<'a> SharedStore<'a> {
         // can never publish the old key's response into it.
         let mut free = free.into_iter().filter_map(|slot| self.try_lease(slot, now, MAX_LEASE));
         let mut never_used = (high_water..self.layout.slots).filter_map(|slot| self.try_lease(slot, now, MAX_LEASE));
-        let unchanged = Schedule { next_fetch: None, failures: 0, fetched_ok_at: None };
+        let unchanged = Schedule::default();
         for (i, slot) in assigned.iter_mut().enumerate() {
             if *slot != usize::MAX {
                 continue;
@@ -521,7 +565,8 @@ impl<'a> SharedStore<'a> {
         self.free_large_of(slot);
         for w in [W_IN_USE, W_DER_LEN, W_THIS_UPDATE, W_STAPLE_UNTIL, W_STATUS, W_NEXT_FETCH, W_FAILURES]
             .into_iter()
-            .chain([W_FETCHES, W_NEXT_UPDATE, W_LAST_OK])
+            .chain([W_FETCHES, W_NEXT_UPDATE, W_LAST_OK, W_PRODUCED_AT, W_LAST_ATTEMPT, W_LAST_ERROR_AT])
+            .chain([W_LAST_ERROR, W_SOURCE, W_ALERT])
             .chain(W_KEY..W_KEY + 3)
         {
             self.word(slot, w).store(0, Ordering::Relaxed);
@@ -618,6 +663,8 @@ impl<'a> SharedStore<'a> {
             self.word(slot, W_NEXT_UPDATE).store(p.next_update.map_or(0, UnixTime::to_word), Ordering::Relaxed);
             self.word(slot, W_STAPLE_UNTIL).store(p.staple_until.to_word(), Ordering::Relaxed);
             self.word(slot, W_STATUS).store(p.status as u64, Ordering::Relaxed);
+            self.word(slot, W_PRODUCED_AT).store(p.produced_at.map_or(0, UnixTime::to_word), Ordering::Relaxed);
+            self.word(slot, W_SOURCE).store(p.source as u64, Ordering::Relaxed);
             Ok(Published::Replaced)
         })?
     }
@@ -685,6 +732,11 @@ impl<'a> SharedStore<'a> {
             failures: u32::try_from(load(W_FAILURES)).unwrap_or(u32::MAX),
             fetches: load(W_FETCHES),
             last_ok: time(W_LAST_OK),
+            produced_at: time(W_PRODUCED_AT),
+            source: Source::from_word(load(W_SOURCE)),
+            last_attempt: time(W_LAST_ATTEMPT),
+            last_error: time(W_LAST_ERROR_AT).zip(Failure::from_word(load(W_LAST_ERROR))),
+            alert: Alert::from_word(load(W_ALERT)),
         }
     }
 
@@ -728,6 +780,13 @@ impl<'a> SharedStore<'a> {
             if let Some(t) = schedule.fetched_ok_at {
                 self.word(slot, W_LAST_OK).store(t.to_word(), Ordering::Relaxed);
             }
+            if let Some(t) = schedule.attempted_at {
+                self.word(slot, W_LAST_ATTEMPT).store(t.to_word(), Ordering::Relaxed);
+                if let Some(failure) = schedule.failure {
+                    self.word(slot, W_LAST_ERROR).store(failure.to_word(), Ordering::Relaxed);
+                    self.word(slot, W_LAST_ERROR_AT).store(t.to_word(), Ordering::Relaxed);
+                }
+            }
         });
         // Fails harmlessly when someone already took over an expired lease.
         self.abandon(lease);
@@ -752,6 +811,28 @@ impl<'a> SharedStore<'a> {
             .count()
     }
 
+    /// Raises alert `kind` (non-zero) for `slot`, or repeats it once `every` has passed
+    /// since it was last logged. True for exactly one process: the one that should log
+    /// it. No lease is needed, so any process that notices may claim it.
+    pub fn claim_alert(&self, slot: usize, kind: u8, now: UnixTime, every: Duration) -> bool {
+        let word = self.word(slot, W_ALERT);
+        let current = word.load(Ordering::Acquire);
+        let due = match Alert::from_word(current) {
+            Some((k, at)) if k == kind => now >= at.plus(every),
+            _ => true,
+        };
+        due && word.compare_exchange(current, Alert::to_word(kind, now), Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Ends the alert in force for `slot`; returns its kind for the one process that
+    /// ended it (which logs the recovery).
+    pub fn clear_alert(&self, slot: usize) -> Option<u8> {
+        let word = self.word(slot, W_ALERT);
+        let current = word.load(Ordering::Acquire);
+        let (kind, _) = Alert::from_word(current)?;
+        word.compare_exchange(current, 0, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| kind)
+    }
+
     /// True if `slot` currently belongs to `key`. Checked under the lease before a
     /// refresher fetches, since the parent may have re-keyed the slot meanwhile.
     pub fn holds(&self, slot: usize, key: &CertKey) -> bool {
@@ -761,6 +842,20 @@ impl<'a> SharedStore<'a> {
     /// Counts one request to the responder for this slot.
     pub fn count_fetch(&self, slot: usize) {
         self.word(slot, W_FETCHES).fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The alert word: when it was last logged (Unix seconds) above its kind.
+struct Alert;
+
+impl Alert {
+    fn to_word(kind: u8, at: UnixTime) -> u64 {
+        (at.to_word() << 8) | u64::from(kind)
+    }
+
+    fn from_word(word: u64) -> Option<(u8, UnixTime)> {
+        let kind = (word & 0xff) as u8;
+        (kind != 0).then(|| (kind, UnixTime::from_word(word >> 8).unwrap_or(UnixTime::from_secs(0))))
     }
 }
 
@@ -783,6 +878,16 @@ pub struct SlotState {
     pub fetches: u64,
     /// When the last good fetch happened.
     pub last_ok: Option<UnixTime>,
+    /// producedAt of the published response.
+    pub produced_at: Option<UnixTime>,
+    /// Where the published response came from.
+    pub source: Source,
+    /// When the responder was last asked.
+    pub last_attempt: Option<UnixTime>,
+    /// The last failure and when it happened (kept after a later success).
+    pub last_error: Option<(UnixTime, Failure)>,
+    /// The alert in force, if any: its kind and when it was last logged.
+    pub alert: Option<(u8, UnixTime)>,
 }
 
 impl SlotState {
@@ -793,7 +898,7 @@ impl SlotState {
 
     /// The schedule as it stands, to hand back unchanged.
     pub fn schedule(&self) -> Schedule {
-        Schedule { next_fetch: self.next_fetch, failures: self.failures, fetched_ok_at: None }
+        Schedule { next_fetch: self.next_fetch, failures: self.failures, ..Schedule::default() }
     }
 }
 
@@ -827,6 +932,8 @@ mod tests {
             this_update: t(this_update),
             next_update: Some(t(until)),
             staple_until: t(until),
+            produced_at: None,
+            source: Source::Responder,
         }
     }
 
@@ -838,7 +945,11 @@ mod tests {
     fn put(s: &SharedStore<'_>, slot: usize, p: &Publish<'_>, now: i64) -> Published {
         let lease = s.try_lease(slot, t(now), TTL).expect("lease");
         let done = s.publish(&lease, p, t(now)).unwrap();
-        s.release(lease, Schedule { next_fetch: None, failures: 0, fetched_ok_at: Some(t(now)) }).unwrap();
+        s.release(
+            lease,
+            Schedule { next_fetch: None, failures: 0, fetched_ok_at: Some(t(now)), ..Schedule::default() },
+        )
+        .unwrap();
         done
     }
 
@@ -966,6 +1077,35 @@ mod tests {
     }
 
     #[test]
+    fn an_alert_is_logged_by_one_process_and_repeated_only_when_due() {
+        let r = region(1);
+        let s = attach(&r);
+        s.assign(&[[1; 20]], t(0)).unwrap();
+        let hour = Duration::from_secs(3600);
+        assert!(s.claim_alert(0, 1, t(100), hour), "first time");
+        assert!(!s.claim_alert(0, 1, t(200), hour), "within the hour");
+        assert!(s.claim_alert(0, 2, t(300), hour), "a new kind at once");
+        assert!(s.claim_alert(0, 2, t(3900), hour), "again after an hour");
+        assert_eq!(s.state(0).alert, Some((2, t(3900))));
+        assert_eq!(s.clear_alert(0), Some(2), "the one that ends it logs the recovery");
+        assert_eq!(s.clear_alert(0), None);
+    }
+
+    #[test]
+    fn a_failure_is_recorded_and_kept_after_a_success() {
+        let r = region(1);
+        let s = attach(&r);
+        s.assign(&[[1; 20]], t(0)).unwrap();
+        let lease = s.try_lease(0, t(10), TTL).unwrap();
+        let failed = Schedule { attempted_at: Some(t(10)), failure: Some(Failure::Timeout), ..Schedule::default() };
+        s.release(lease, failed).unwrap();
+        put(&s, 0, &good(b"ok", 11, 100), 20);
+        let st = s.state(0);
+        assert_eq!(st.last_error, Some((t(10), Failure::Timeout)));
+        assert_eq!((st.source, st.last_ok), (Source::Responder, Some(t(20))));
+    }
+
+    #[test]
     fn assign_touches_only_slots_in_use() {
         let r = region(64);
         let s = attach(&r);
@@ -998,7 +1138,7 @@ mod tests {
         let first = s.try_lease(0, t(1000), Duration::from_secs(10)).expect("free");
         assert_eq!(s.try_lease(0, t(1005), TTL), None);
         let second = s.try_lease(0, t(1011), TTL).expect("a dead holder's lease expires");
-        let schedule = Schedule { next_fetch: Some(t(77)), failures: 0, fetched_ok_at: None };
+        let schedule = Schedule { next_fetch: Some(t(77)), failures: 0, fetched_ok_at: None, ..Schedule::default() };
         assert_eq!(s.release(first, schedule), Err(StoreError::LostLease));
         s.release(second, schedule).unwrap();
         assert_eq!(s.state(0).next_fetch, Some(t(77)));
@@ -1022,11 +1162,15 @@ mod tests {
         let fresh = s.try_lease(slot, t(111), TTL).unwrap();
         assert_eq!(s.publish(&fresh, &good(b"new", 110, 1000), t(111)), Ok(Published::Replaced));
         assert_eq!(s.publish(&stalled, &revoked(b"old", 99, 1000), t(112)), Err(StoreError::LostLease));
-        let late = Schedule { next_fetch: Some(t(5000)), failures: 9, fetched_ok_at: None };
+        let late = Schedule { next_fetch: Some(t(5000)), failures: 9, fetched_ok_at: None, ..Schedule::default() };
         assert_eq!(s.release(stalled, late), Err(StoreError::LostLease));
         assert_eq!(s.state(slot).failures, 0, "the stale failure is not recorded");
         assert_eq!(bytes_at(&s, slot, &key, 112).as_deref(), Some(&b"new"[..]));
-        s.release(fresh, Schedule { next_fetch: Some(t(600)), failures: 0, fetched_ok_at: Some(t(111)) }).unwrap();
+        s.release(
+            fresh,
+            Schedule { next_fetch: Some(t(600)), failures: 0, fetched_ok_at: Some(t(111)), ..Schedule::default() },
+        )
+        .unwrap();
         assert_eq!(s.state(slot).next_fetch, Some(t(600)));
     }
 
@@ -1102,7 +1246,8 @@ mod tests {
         assert_eq!(bytes_at(&s, slot, &key, 2), None, "odd sequence: nothing is served");
         // The next writer takes over and drops the half-written response first.
         let lease = s.try_lease(slot, t(3), TTL).unwrap();
-        s.release(lease, Schedule { next_fetch: None, failures: 1, fetched_ok_at: None }).unwrap();
+        s.release(lease, Schedule { next_fetch: None, failures: 1, fetched_ok_at: None, ..Schedule::default() })
+            .unwrap();
         assert_eq!(bytes_at(&s, slot, &key, 4), None, "repaired slot holds no torn bytes");
         put(&s, slot, &good(b"ok", 2, 10), 5);
         assert_eq!(bytes_at(&s, slot, &key, 6).as_deref(), Some(&b"ok"[..]));
@@ -1118,7 +1263,7 @@ mod tests {
         s.word(slot, W_WRITER).store(u64::from(parent), Ordering::Relaxed);
         let lease = s.try_lease(slot, t(1), TTL).unwrap();
         assert_eq!(s.publish(&lease, &good(b"x", 1, 10), t(1)), Err(StoreError::Busy));
-        let schedule = Schedule { next_fetch: Some(t(99)), failures: 1, fetched_ok_at: None };
+        let schedule = Schedule { next_fetch: Some(t(99)), failures: 1, fetched_ok_at: None, ..Schedule::default() };
         assert_eq!(s.release(lease, schedule), Err(StoreError::Busy));
         assert_eq!(s.state(slot).next_fetch, None, "nothing recorded");
         assert!(s.try_lease(slot, t(2), TTL).is_some(), "but the lease is let go");
