@@ -20,7 +20,7 @@ APLOG_USE_MODULE(stapling);
 
 const command_rec stapling_shim_cmds[] = {
     TAKE1("Stapling", RSRC_CONF, "On|Off: staple OCSP responses for this server (default Off)"),
-    TAKE1("StaplingCache", RSRC_CONF, "shared store cap, in SSLStaplingCache syntax, e.g. shmcb:/path(1048576); 8192 to 1073741824 bytes"),
+    TAKE1("StaplingCache", RSRC_CONF, "shared store cap, in SSLStaplingCache syntax, e.g. shmcb:/path(1048576); 8192 to 68719476736 bytes"),
     TAKE1("StaplingStore", RSRC_CONF, "directory that keeps responses across restarts, or 'none'"),
     TAKE1("StaplingResponderTimeout", RSRC_CONF, "seconds to wait for the OCSP responder, 1 to 300 (default 10)"),
     TAKE1("StaplingResponseTimeSkew", RSRC_CONF, "seconds of clock skew tolerated in responses, 0 to 2592000 (default 300)"),
@@ -28,6 +28,7 @@ const command_rec stapling_shim_cmds[] = {
     TAKE1("StaplingForceURL", RSRC_CONF, "OCSP responder URL that overrides the certificate's AIA"),
     TAKE1("StaplingRenewWindow", RSRC_CONF, "refresh when this much validity is left: 1% to 99%, or 1 to 2592000 seconds (default 50%)"),
     TAKE1("StaplingUseNonce", RSRC_CONF, "On|Off: send a nonce and require it back (default Off)"),
+    TAKE1("StaplingStartupWait", RSRC_CONF, "seconds a handshake may wait for a certificate's first response: 0 to 10 (default 1)"),
     TAKE1("StaplingCompatibility", RSRC_CONF, "On|Off: also read mod_ssl's SSLUseStapling/SSLStapling* (default On)"),
     /* Compatibility mode: read mod_ssl's directives, then let mod_ssl read them too. */
     TAKE1("SSLUseStapling", RSRC_CONF, NULL),

@@ -12,6 +12,10 @@ use std::time::Duration;
 pub const DEFAULT_RESPONDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default tolerated clock skew.
 pub const DEFAULT_TIME_SKEW: Duration = Duration::from_secs(300);
+/// How long a handshake may wait for a certificate's first response by default.
+pub const DEFAULT_STARTUP_WAIT: Duration = Duration::from_secs(1);
+/// The longest `StaplingStartupWait`: each waiting handshake holds a worker this long.
+const MAX_STARTUP_WAIT_SECS: u64 = 10;
 /// Default renew window: refresh when half of the validity is left.
 pub const DEFAULT_RENEW_WINDOW: RenewWindow = RenewWindow::Percent(50);
 /// Largest responder timeout we accept: a longer one would stall startup.
@@ -22,9 +26,9 @@ pub const MAX_RESPONDER_TIMEOUT_SECS: u64 = 300;
 pub const MAX_SPAN_SECS: u64 = 30 * 86_400;
 /// Smallest `StaplingCache` size in bytes (mod_ssl's shmcb refuses less, too).
 pub const MIN_CACHE_BYTES: usize = 8192;
-/// Largest `StaplingCache` size in bytes: 1 GiB. The size caps the shared store, and no
-/// server has a hundred thousand certificates.
-pub const MAX_CACHE_BYTES: usize = 1 << 30;
+/// Largest `StaplingCache` size in bytes: 64 GiB. The size only caps the shared store
+/// (which is sized from the certificates), so a large value allocates nothing.
+pub const MAX_CACHE_BYTES: usize = 1 << 36;
 
 /// A directive error, shown by `apachectl -t` as one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +88,8 @@ pub struct Settings {
     pub renew_window: Option<RenewWindow>,
     /// `StaplingUseNonce` (no mod_ssl equivalent).
     pub use_nonce: Option<bool>,
+    /// `StaplingStartupWait` (no mod_ssl equivalent).
+    pub startup_wait: Option<Duration>,
 }
 
 impl Settings {
@@ -97,6 +103,7 @@ impl Settings {
             force_url: self.force_url.clone().or_else(|| base.force_url.clone()),
             renew_window: self.renew_window.or(base.renew_window),
             use_nonce: self.use_nonce.or(base.use_nonce),
+            startup_wait: self.startup_wait.or(base.startup_wait),
         }
     }
 }
@@ -153,6 +160,8 @@ pub struct Effective {
     pub renew_window: RenewWindow,
     /// Send a nonce.
     pub use_nonce: bool,
+    /// How long a handshake may wait for the certificate's first response.
+    pub startup_wait: Duration,
 }
 
 impl ServerConfig {
@@ -183,6 +192,7 @@ impl ServerConfig {
             force_url: s.force_url,
             renew_window: s.renew_window.unwrap_or(DEFAULT_RENEW_WINDOW),
             use_nonce: s.use_nonce.unwrap_or(false),
+            startup_wait: s.startup_wait.unwrap_or(DEFAULT_STARTUP_WAIT),
         }
     }
 
@@ -215,6 +225,7 @@ impl ServerConfig {
             "staplingforceurl" => self.own.force_url = Some(parse_url(name, arg)?),
             "staplingrenewwindow" => self.own.renew_window = Some(parse_renew_window(name, arg)?),
             "staplingusenonce" => self.own.use_nonce = Some(parse_on_off(name, arg)?),
+            "staplingstartupwait" => self.own.startup_wait = Some(parse_startup_wait(name, arg)?),
             "staplingcache" => {
                 global_only(name, ctx)?;
                 self.global.cache = Some(parse_cache(name, arg)?);
@@ -338,6 +349,15 @@ fn parse_skew(name: &str, arg: &str) -> Result<Duration, ConfigError> {
         .ok_or_else(|| ConfigError(format!("{name}: expected {}, got '{}'", seconds_range(0), shown(arg))))
 }
 
+fn parse_startup_wait(name: &str, arg: &str) -> Result<Duration, ConfigError> {
+    seconds_in(arg, 0, MAX_STARTUP_WAIT_SECS).ok_or_else(|| {
+        ConfigError(format!(
+            "{name}: expected a whole number of seconds from 0 to {MAX_STARTUP_WAIT_SECS}, got '{}'",
+            shown(arg)
+        ))
+    })
+}
+
 fn parse_timeout(name: &str, arg: &str) -> Result<Duration, ConfigError> {
     seconds_in(arg, 1, MAX_RESPONDER_TIMEOUT_SECS).ok_or_else(|| {
         ConfigError(format!(
@@ -415,7 +435,7 @@ fn parse_cache(name: &str, arg: &str) -> Result<CacheSpec, ConfigError> {
                 _ => {
                     return Err(bad(&format!(
                         "the size in parentheses must be a whole number of bytes from {MIN_CACHE_BYTES} \
-                         to {MAX_CACHE_BYTES} (1 GiB)"
+                         to {MAX_CACHE_BYTES} (64 GiB)"
                     )))
                 }
             }
@@ -604,7 +624,7 @@ mod tests {
         ("StaplingResponseMaxAge", "-1 (no limit) or a whole number of seconds from 1 to 2592000 (30 days)"),
         ("SSLStaplingResponseMaxAge", "-1 (no limit) or a whole number of seconds from 1 to 2592000 (30 days)"),
         ("StaplingRenewWindow", "from 1% to 99% or a whole number of seconds from 1 to 2592000 (30 days)"),
-        ("StaplingCache", "from 8192 to 1073741824 (1 GiB)"),
+        ("StaplingCache", "from 8192 to 68719476736 (64 GiB)"),
     ];
 
     /// The argument for `name` with `n` in the place of the number.
@@ -647,7 +667,7 @@ mod tests {
         check("StaplingRenewWindow", "1", &|e| e.renew_window == RenewWindow::Fixed(secs(1)));
         check("StaplingRenewWindow", "2592000", &|e| e.renew_window == RenewWindow::Fixed(secs(MAX_SPAN_SECS)));
         check("StaplingRenewWindow", "007%", &|e| e.renew_window == RenewWindow::Percent(7));
-        for (arg, size) in [("shmcb:/x(8192)", MIN_CACHE_BYTES), ("shmht:/x(1073741824)", MAX_CACHE_BYTES)] {
+        for (arg, size) in [("shmcb:/x(8192)", MIN_CACHE_BYTES), ("shmht:/x(68719476736)", MAX_CACHE_BYTES)] {
             let mut c = ServerConfig::default();
             apply(&mut c, "StaplingCache", arg).unwrap();
             assert_eq!(c.cache_spec().unwrap().size, Some(size));
@@ -662,7 +682,7 @@ mod tests {
                 "StaplingResponseTimeSkew" => &["2592001"],
                 "StaplingResponseMaxAge" => &["0", "-2", "2592001"],
                 "StaplingRenewWindow" => &["0%", "100%", "0", "2592001"],
-                _ => &["8191", "1073741825"],
+                _ => &["8191", "68719476737"],
             };
             for n in beyond {
                 assert_refused(name, &numeric_arg(name, n), range);

@@ -15,10 +15,12 @@ use crate::store::{
     DiskStore, Lease, Publish, Published, Schedule, SharedStore, SlotStatus, Source, StapleBuffer, StoreError,
 };
 use crate::time::{Clock, UnixTime};
-use crate::transport::{HttpTransport, Stop, Transport};
+use crate::transport::{Stop, Transport};
 
 /// Fetches the startup helper runs at once.
 const STARTUP_PARALLELISM: usize = 32;
+/// How often a handshake waiting for a first response looks at the slot.
+const FIRST_RESPONSE_POLL: Duration = Duration::from_millis(10);
 /// A lease outlives the responder timeout by this much.
 const LEASE_SLACK: Duration = Duration::from_secs(10);
 /// How long restoring one stored response may hold its slot's lease.
@@ -180,6 +182,34 @@ impl Runtime {
     pub fn staple(&self, key: &CertKey, out: &mut StapleBuffer) -> Option<bool> {
         let i = *self.by_key.get(key)?;
         Some(self.store.read(self.slots[i], key, self.clock.now(), out).is_some())
+    }
+
+    /// Like [`staple`](Self::staple), but a certificate that has never had a response,
+    /// while its first fetch is pending or in flight, is polled for up to
+    /// `StaplingStartupWait` (must-staple: up to the responder timeout, since without a
+    /// staple its handshakes fail anyway). A bounded poll of the shared slot, in this
+    /// handshake only: no lock that a writer holds.
+    pub fn staple_or_wait(&self, key: &CertKey, out: &mut StapleBuffer) -> Option<bool> {
+        let i = *self.by_key.get(key)?;
+        let (cert, slot) = (&self.certs[i], self.slots[i]);
+        if self.store.read(slot, key, self.clock.now(), out).is_some() {
+            return Some(true);
+        }
+        let wait = if cert.info.must_staple { cert.settings.responder_timeout } else { cert.settings.startup_wait };
+        let deadline = std::time::Instant::now() + wait;
+        while self.awaits_first_response(slot) && std::time::Instant::now() < deadline {
+            std::thread::sleep(FIRST_RESPONSE_POLL);
+            if self.store.read(slot, key, self.clock.now(), out).is_some() {
+                return Some(true);
+            }
+        }
+        Some(false)
+    }
+
+    /// True while `slot` has never held a response and its first fetch has not failed.
+    fn awaits_first_response(&self, slot: usize) -> bool {
+        let state = self.store.state(slot);
+        state.status == SlotStatus::Empty && state.last_ok.is_none() && state.failures == 0
     }
 
     /// True once a newer configuration generation took over the store.
@@ -433,25 +463,20 @@ impl Runtime {
         Attempt::Failed(why)
     }
 
-    /// The startup pass: restore from disk, then fetch what is due, all in parallel.
-    /// Runs in the unprivileged helper before the server accepts connections.
-    pub fn startup_pass(&self) {
-        // Parallel, but with a bounded number of threads for servers with many certificates.
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let workers = self.certs.len().min(STARTUP_PARALLELISM);
-        let never = Stop::default();
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= self.certs.len() {
-                        return;
-                    }
-                    self.restore_from_disk(i);
-                    self.refresh_if_due(i, &HttpTransport, &never);
-                });
-            }
+    /// The startup pass, in the unprivileged helper: restore every stored response
+    /// (then `restored` tells the parent it may go on), then fetch what is due, all in
+    /// parallel, while the children already serve. Ends early at `stop`.
+    pub fn startup_pass(&self, restored: impl FnOnce(), transport: &dyn Transport, stop: &Stop) {
+        self.in_parallel(stop, |i| {
+            self.restore_from_disk(i);
         });
+        restored();
+        self.in_parallel(stop, |i| {
+            self.refresh_if_due(i, transport, stop);
+        });
+        if stop.requested() {
+            return;
+        }
         let now = self.clock.now();
         let unstapled = |i: &usize| !self.store.state(self.slots[*i]).stapleable_at(now);
         let missing: Vec<String> = (0..self.certs.len()).filter(unstapled).map(|i| self.certs[i].describe()).collect();
@@ -466,6 +491,23 @@ impl Runtime {
         if !missing.is_empty() {
             info!("no response yet for {}; retrying in the background", missing.join(", "));
         }
+    }
+
+    /// Runs `work` for every certificate on a bounded number of threads, until `stop`.
+    fn in_parallel(&self, stop: &Stop, work: impl Fn(usize) + Sync) {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let workers = self.certs.len().min(STARTUP_PARALLELISM);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= self.certs.len() || stop.requested() {
+                        return;
+                    }
+                    work(i);
+                });
+            }
+        });
     }
 
     /// Removes stored responses of certificates no longer configured, once unused for

@@ -39,7 +39,9 @@ fn staples_a_verified_response_prefork() {
     let apache = Apache::start(stapling_opts(pki, Mpm::Prefork, 3)).expect("apache");
     assert_eq!(apache.child_pids().len(), 3);
     assert_stapled_good(&apache, pki);
-    assert!(apache.error_log().contains("OCSP stapling ready: 1 of 1"), "{}", apache.error_log());
+    // The parent does not wait for the responder: the helper fetches in the background.
+    let log = apache.error_log();
+    assert!(log.contains("OCSP stapling ready: ") && log.contains("stapling a good response"), "{log}");
 }
 
 #[test]

@@ -17,7 +17,12 @@ const NUMERIC: &[(&str, &str, &str, &str)] = &[
     ("SSLStaplingResponseMaxAge", "2592000", "2592001", "-1 (no limit) or a whole number of seconds from 1 to 2592000"),
     ("StaplingRenewWindow", "99%", "100%", "from 1% to 99% or a whole number of seconds from 1 to 2592000"),
     ("StaplingRenewWindow", "2592000", "2592001", "from 1% to 99% or a whole number of seconds from 1 to 2592000"),
-    ("StaplingCache", "shmcb:stapling(1073741824)", "shmcb:stapling(1073741825)", "from 8192 to 1073741824 (1 GiB)"),
+    (
+        "StaplingCache",
+        "shmcb:stapling(68719476736)",
+        "shmcb:stapling(68719476737)",
+        "from 8192 to 68719476736 (64 GiB)",
+    ),
 ];
 
 /// Runs `apache2 -t` on `line` and asserts it fails with exactly one line naming

@@ -133,6 +133,8 @@ fn rotated_certificate_gets_its_own_staple_on_the_first_handshake_after_reload()
 fn hostile_store_files_never_crash_apache_and_are_never_stapled() {
     let s = Fixture::new("mode=good");
     let mut apache = Apache::start(opts(&s, "")).expect("apache");
+    // The helper fetches (and stores) in the background.
+    assert!(wait_until(Duration::from_secs(10), || !stored_files(&apache).is_empty()), "{}", apache.error_log());
     let file = stored_files(&apache).pop().expect("stored file");
     let good = fs::read(&file).unwrap();
     // leaf2's response, stored under leaf's name, is a valid response for the wrong certificate.

@@ -61,7 +61,8 @@ fn a_huge_cache_size_only_caps_the_store() {
         let mut opts = stapling_opts(&fx);
         opts.global_conf = global_conf.into();
         let apache = Apache::start(opts).expect("apache");
-        assert!(fx.staple(&apache).stapled, "{}", apache.error_log());
+        let stapled = wait_until(std::time::Duration::from_secs(10), || fx.staple(&apache).stapled);
+        assert!(stapled, "{}", apache.error_log());
         vm_rss_kb(apache.pid()).expect("parent RSS")
     };
     let default = rss_with("");

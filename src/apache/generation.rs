@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use super::handles::{text, Pool, Server, Userdata};
 use super::{ffi, process, shm};
@@ -15,13 +15,16 @@ use crate::config::ServerConfig;
 use crate::engine::{ManagedCert, PrimeDecision, Registry, Runtime};
 use crate::store::{DiskStore, Layout, SharedStore};
 use crate::time::SystemClock;
+use crate::transport::{Abandonable, HttpTransport, Stop};
 
-/// Seconds added to the responder timeout while the parent waits for the startup helper.
-const HELPER_GRACE: Duration = Duration::from_secs(2);
-/// At a restart the old children have already stopped accepting (graceful) or are gone,
-/// and the new ones start only after post_config: the parent waits this long at most,
-/// then the children's refreshers fetch whatever the helper did not.
+/// How long the parent waits for the helper to restore stored responses at a start.
+/// Local files only: the parent never waits for a responder, since the listeners
+/// already queue connections that only the children can serve.
+const RESTORE_WAIT: Duration = Duration::from_secs(1);
+/// The same at a restart, when new children wait for post_config.
 const RESTART_WAIT: Duration = Duration::from_millis(500);
+/// How often the helper checks that Apache and its generation still want it.
+const HELPER_WATCH: Duration = Duration::from_millis(100);
 /// Stored files of certificates no longer configured are kept this long.
 const STORE_GRACE: Duration = Duration::from_secs(7 * 86_400);
 
@@ -266,44 +269,52 @@ fn is_restart() -> bool {
     unsafe { ffi::ap_state_query(ffi::AP_SQ_CONFIG_GEN as std::ffi::c_int) > 1 }
 }
 
-fn run_startup_helper(runtime: &Runtime, restart: bool) {
-    let longest = runtime.certs.iter().map(|c| c.settings.responder_timeout).max().unwrap_or_default();
+fn run_startup_helper(runtime: &Arc<Runtime>, restart: bool) {
     let (uid, gid) = server_user();
-    let deadline = if restart { RESTART_WAIT } else { longest + HELPER_GRACE };
+    let wait = if restart { RESTART_WAIT } else { RESTORE_WAIT };
+    let apache = std::process::id();
     // The store is pruned by the helper, as the server user: its entries are that
     // user's, so root never acts on them.
-    let helper = process::run_helper(uid, gid, deadline, || {
+    let helper = process::start_helper(uid, gid, wait, |restored| {
         runtime.prune_disk(STORE_GRACE);
-        runtime.startup_pass();
+        let stop = Stop::default();
+        std::thread::scope(|scope| {
+            scope.spawn(|| stop_when_unwanted(runtime, apache, &stop));
+            let transport = Abandonable::new(Arc::new(HttpTransport), stop.clone());
+            runtime.startup_pass(restored, &transport, &stop);
+            stop.request();
+        });
     });
-    match helper.end {
-        process::HelperEnd::Exited(0) => {}
-        process::HelperEnd::Exited(code) => warn!("startup fetch helper exited with status {code}"),
-        process::HelperEnd::Killed(signal) => {
-            warn!("startup fetch helper was killed by signal {signal}; the children go on fetching in the background")
+    match helper.start {
+        process::HelperStart::Ready => {}
+        process::HelperStart::Ended => {
+            warn!("the startup helper ended early (see the lines above); the children fetch in the background")
         }
-        process::HelperEnd::TimedOut if restart => info!(
-            "the fetch at restart did not finish within {:.1}s; the children fetch the rest in the background",
-            deadline.as_secs_f64()
+        process::HelperStart::TimedOut => info!(
+            "restoring stored responses takes longer than {:.1}s; the helper goes on in the background",
+            wait.as_secs_f64()
         ),
-        process::HelperEnd::TimedOut => warn!(
-            "startup fetch did not finish within {}s; the children go on trying in the background",
-            deadline.as_secs()
-        ),
-        process::HelperEnd::ForkFailed(e) => {
-            warn!("cannot start the startup fetch helper ({e}); fetching in the children")
+        process::HelperStart::ForkFailed(e) => {
+            warn!("cannot start the startup helper ({e}); the children fetch in the background")
         }
     }
-    // The helper is gone: its slots are due again now, not when its leases expire.
     if let Some(pid) = helper.pid {
-        let freed = runtime.store.clear_leases_of(pid);
-        if freed > 0 {
-            info!("freed {freed} refresh leases the startup helper held; the children fetch those at once");
-        }
+        debug!("startup helper: pid {pid}");
     }
-    info!(
-        "OCSP stapling ready: {} of {} certificates have a verified response",
-        runtime.stapled_count(),
-        runtime.certs.len()
-    );
+    let (stapled, total) = (runtime.stapled_count(), runtime.certs.len());
+    let rest = if stapled < total { "; fetching the rest in the background" } else { "" };
+    info!("OCSP stapling ready: {stapled} of {total} certificates have a verified response{rest}");
+}
+
+/// In the helper: stops the startup pass once Apache is gone or a newer configuration
+/// took over the store, so that no helper outlives its generation.
+fn stop_when_unwanted(runtime: &Runtime, apache: u32, stop: &Stop) {
+    let gone = || !std::path::Path::new(&format!("/proc/{apache}")).exists();
+    while !stop.requested() {
+        if gone() || runtime.superseded() {
+            stop.request();
+            return;
+        }
+        stop.sleep(HELPER_WATCH);
+    }
 }

@@ -169,7 +169,7 @@ pub unsafe extern "C" fn stapling_rs_ocsp_get_resp(
             return ffi::DECLINED;
         };
         let Some(runtime) = server.runtime() else { return ffi::DECLINED };
-        BUFFER.with_borrow_mut(|buf| match runtime.staple(&key, buf) {
+        BUFFER.with_borrow_mut(|buf| match runtime.staple_or_wait(&key, buf) {
             None => ffi::DECLINED,
             // SAFETY: `c` is the live connection being handshaken, or NULL.
             Some(true) if buf.bytes().len() > MAX_TLS12_STAPLE && !unsafe { negotiated_tls13(s, c) } => {

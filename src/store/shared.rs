@@ -741,7 +741,8 @@ impl<'a> SharedStore<'a> {
     }
 
     /// Takes the refresh lease of `slot` for `ttl` (at most [`MAX_LEASE`]). Only one
-    /// process wins; a lease whose holder died expires on its own.
+    /// process wins. A lease whose holder died is taken over at once (the startup
+    /// helper runs detached, so nobody reaps it to free its leases).
     pub fn try_lease(&self, slot: usize, now: UnixTime, ttl: Duration) -> Option<Lease> {
         let lease = self.word(slot, W_LEASE);
         let current = lease.load(Ordering::Acquire);
@@ -749,7 +750,7 @@ impl<'a> SharedStore<'a> {
         let expiry = current >> 32;
         // An expiry further out than any holder may take means the clock went back.
         let held = current != 0 && expiry > now_secs && expiry <= now_secs.saturating_add(MAX_LEASE.as_secs());
-        if held {
+        if held && self.lease_holder_alive(slot) {
             return None;
         }
         let until = now.plus(ttl.min(MAX_LEASE)).to_word().min(u64::from(u32::MAX));
@@ -757,6 +758,16 @@ impl<'a> SharedStore<'a> {
         lease.compare_exchange(current, token, Ordering::AcqRel, Ordering::Acquire).ok()?;
         self.word(slot, W_LEASE_PID).store(u64::from(std::process::id()), Ordering::Release);
         Some(Lease { slot, token })
+    }
+
+    /// False only if the recorded holder is known to have exited. Right after another
+    /// process's compare-and-swap the recorded pid may still be the previous holder's;
+    /// taking over then only costs that process its write (its token no longer matches).
+    fn lease_holder_alive(&self, slot: usize) -> bool {
+        match u32::try_from(self.word(slot, W_LEASE_PID).load(Ordering::Acquire)) {
+            Ok(0) | Err(_) => true,
+            Ok(pid) => pid == std::process::id() || process_alive(pid),
+        }
     }
 
     /// A lease serial, never 0, so that no two leases share a token.
@@ -1199,6 +1210,19 @@ mod tests {
         assert_eq!(put(&s, slot, &good(b"good-again", 600, 2000), 512), Published::KeptNewer);
         let mut out = StapleBuffer::default();
         assert_eq!(s.read(slot, &key, t(513), &mut out), Some(SlotStatus::Revoked));
+    }
+
+    #[test]
+    fn a_lease_whose_holder_died_is_taken_over_at_once() {
+        let r = region(1);
+        let s = attach(&r);
+        s.assign(&[[1; 20]], t(0)).unwrap();
+        let held = s.try_lease(0, t(10), TTL).unwrap();
+        assert_eq!(s.try_lease(0, t(11), TTL), None, "held by this live process");
+        s.word(0, W_LEASE_PID).store(0x7fff_fff0, Ordering::Release); // a pid that never runs
+        let taken = s.try_lease(0, t(12), TTL).expect("the dead holder's lease");
+        assert_eq!(s.release(held, Schedule::default()), Err(StoreError::LostLease));
+        s.release(taken, Schedule::default()).unwrap();
     }
 
     #[test]

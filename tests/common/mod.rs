@@ -1474,15 +1474,19 @@ pub fn server_root_processes(root: &Path) -> Vec<u32> {
 pub const STARTUP_HELPER_COMM: &str = "stapling-helper";
 
 /// The module's startup helper of the server with ServerRoot `root`, while it
-/// runs (post_config, while the parent waits for it), or None.
+/// runs, or None.
 ///
-/// The daemon is the process of `root` whose parent is not itself a process
-/// of `root`. Its child named [`STARTUP_HELPER_COMM`] is the helper. As a
+/// The helper is the process of `root` named [`STARTUP_HELPER_COMM`] (it runs
+/// detached, so its parent is not Apache's). The daemon is the process of `root`
+/// whose parent is not itself a process of `root`. As a
 /// fallback for code that does not name its helper: the only child of the
 /// daemon while the PidFile (`ROOT/run/httpd.pid`) does not exist yet, i.e.
 /// during startup before any worker was forked.
 pub fn startup_helper_pid(root: &Path) -> Option<u32> {
     let procs = server_root_processes(root);
+    if let Some(&h) = procs.iter().find(|&&p| process_comm(p).as_deref() == Some(STARTUP_HELPER_COMM)) {
+        return Some(h);
+    }
     let daemons: Vec<u32> =
         procs.iter().copied().filter(|&p| proc_stat(p).map(|(_, pp)| !procs.contains(&pp)).unwrap_or(false)).collect();
     for &d in &daemons {
