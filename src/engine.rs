@@ -261,9 +261,18 @@ impl Runtime {
         let path = disk.path(&cert.info.key);
         let bytes = match disk.load(&cert.info.key) {
             Ok(b) => b?,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // load() has deleted what it refused; the error says what and where.
+                warn!(
+                    "stored response for {} not used: {e}. Only mod_stapling should write into {}; check what \
+                     else runs as the server user",
+                    cert.describe(),
+                    disk.dir().display()
+                );
+                return None;
+            }
             Err(e) => {
-                warn!("stored response {} for {} is unreadable ({e}); deleting it", path.display(), cert.describe());
-                let _ = disk.remove(&cert.info.key);
+                warn!("cannot read the stored response for {} ({e}); fetching it from the responder", cert.describe());
                 return None;
             }
         };
@@ -508,6 +517,23 @@ impl Runtime {
                 });
             }
         });
+    }
+
+    /// Creates or checks the store directory as the server user (in the startup helper;
+    /// see [`DiskStore::prepare`]). Logs and returns false if it cannot be used.
+    pub fn prepare_disk(&self) -> bool {
+        let Some(disk) = &self.disk else { return false };
+        match disk.prepare() {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(
+                    "StaplingStore {}: {e}; responses are not kept on disk and will be fetched again after a \
+                     restart. Fix the directory or set StaplingStore none",
+                    disk.dir().display()
+                );
+                false
+            }
+        }
     }
 
     /// Removes stored responses of certificates no longer configured, once unused for

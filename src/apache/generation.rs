@@ -13,6 +13,7 @@ use super::{ffi, process, shm};
 use crate::cert::{CertInfo, CertKey};
 use crate::config::ServerConfig;
 use crate::engine::{ManagedCert, PrimeDecision, Registry, Runtime};
+use crate::store::disk::RootPart;
 use crate::store::{DiskStore, Layout, SharedStore};
 use crate::time::SystemClock;
 use crate::transport::{Abandonable, HttpTransport, Stop};
@@ -210,18 +211,32 @@ fn server_user() -> (u32, u32) {
     unsafe { (ffi::ap_unixd_config.user_id, ffi::ap_unixd_config.group_id) }
 }
 
-/// The directory for stored responses, created for the server's User, or None.
+/// The disk store: created and handed to the server's User by root where only root can
+/// change the path to it, else left to the startup helper (as that user); None if refused.
 fn disk_store(main: &Server<'_>, cfg: &ServerConfig) -> Option<DiskStore> {
     let dir = match &cfg.global.store {
         Some(None) => return None,
         Some(Some(dir)) => server_root_relative(main, dir),
         None => default_store_dir(main),
     };
-    let store = DiskStore::new(dir);
-    // SAFETY: a plain query of the process's effective uid.
-    let owner = (unsafe { libc::geteuid() } == 0).then(server_user);
-    match store.prepare(owner) {
-        Ok(()) => Some(store),
+    // SAFETY: plain queries of the process's effective ids.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid != 0 {
+        // Apache runs as one user throughout: the helper creates and checks the store.
+        return Some(DiskStore::for_user(dir, euid, egid));
+    }
+    let (uid, gid) = server_user();
+    let store = DiskStore::for_user(dir, uid, gid);
+    match store.prepare_as_root() {
+        Ok(RootPart::HandedOver) => Some(store),
+        Ok(RootPart::LeftToServerUser(why)) => {
+            info!(
+                "StaplingStore {}: {why}, so root leaves it alone; the startup helper creates and checks it \
+                 as the server user",
+                store.dir().display()
+            );
+            Some(store)
+        }
         Err(e) => {
             warn!(
                 "StaplingStore {}: {e}; responses are kept in memory only and will be fetched again \
@@ -273,10 +288,12 @@ fn run_startup_helper(runtime: &Arc<Runtime>, restart: bool) {
     let (uid, gid) = server_user();
     let wait = if restart { RESTART_WAIT } else { RESTORE_WAIT };
     let apache = std::process::id();
-    // The store is pruned by the helper, as the server user: its entries are that
-    // user's, so root never acts on them.
+    // The helper, as the server user, creates or checks the store and prunes it: its
+    // entries are that user's, so root never acts on them.
     let helper = process::start_helper(uid, gid, wait, |restored| {
-        runtime.prune_disk(STORE_GRACE);
+        if runtime.prepare_disk() {
+            runtime.prune_disk(STORE_GRACE);
+        }
         let stop = Stop::default();
         std::thread::scope(|scope| {
             scope.spawn(|| stop_when_unwanted(runtime, apache, &stop));
