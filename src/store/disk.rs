@@ -132,7 +132,9 @@ enum Step {
 /// `O_DIRECTORY|O_NOFOLLOW` relative to the one before, so no swap of a component for
 /// a link can redirect it. A symbolic link is followed only if the link is root's and
 /// sits in a directory that only root can write (RHEL's `/etc/httpd/state`); any other
-/// link is refused. `..` goes back to the directory the walk came from.
+/// link is refused. `..` goes back to the directory the walk came from. A link met
+/// where others could have changed the way to it leaves the result not `fixed`, even
+/// if it leads back to directories that are.
 fn walk(path: &Path, missing: Missing) -> io::Result<Reached> {
     if !path.is_absolute() {
         return Err(invalid(format!("{} is not an absolute path", path.display())));
@@ -142,7 +144,7 @@ fn walk(path: &Path, missing: Missing) -> io::Result<Reached> {
     let fixed = root_private(&meta);
     let mut stack = vec![Reached { dir: top, meta, path: PathBuf::from("/"), fixed }];
     let mut todo: VecDeque<OsString> = names(path).into();
-    let mut links = 0;
+    let (mut links, mut tainted) = (0, false);
     while let Some(name) = todo.pop_front() {
         if name == ".." {
             if stack.len() > 1 {
@@ -154,6 +156,7 @@ fn walk(path: &Path, missing: Missing) -> io::Result<Reached> {
         match step(here, &name, missing)? {
             Step::Dir(next) => stack.push(next),
             Step::Link(target) => {
+                tainted |= !here.fixed;
                 links += 1;
                 if links > MAX_LINKS {
                     return Err(io::Error::new(
@@ -170,7 +173,9 @@ fn walk(path: &Path, missing: Missing) -> io::Result<Reached> {
             }
         }
     }
-    Ok(stack.pop().expect("the walk always holds /"))
+    let mut reached = stack.pop().expect("the walk always holds /");
+    reached.fixed &= !tainted;
+    Ok(reached)
 }
 
 /// The components of `path` that move: names and `..`.
@@ -822,6 +827,30 @@ mod tests {
         }
         assert!(!lib.join("mod_stapling").exists(), "root created nothing there");
         assert_eq!(fs::metadata(&lib).unwrap().uid(), NOBODY);
+    }
+
+    #[test]
+    fn a_link_reached_through_a_directory_others_can_write_taints_the_rest_of_the_walk() {
+        if !as_root() {
+            return;
+        }
+        // dir/open (0777) / roots (root's, 0755) / link -> ../../real: the link is root's, in
+        // a directory of root's alone, but whoever writes `open` chose which `roots` it is.
+        let dir = tempdir();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        set_mode(&real, 0o755);
+        let roots = dir.path().join("open/roots");
+        fs::create_dir_all(&roots).unwrap();
+        set_mode(&dir.path().join("open"), 0o777);
+        set_mode(&roots, 0o755);
+        symlink("../../real", roots.join("link")).unwrap();
+        let store = DiskStore::for_user(roots.join("link/s"), NOBODY, NOBODY);
+        assert!(matches!(store.prepare_as_root().unwrap(), RootPart::LeftToServerUser(_)));
+        assert!(!real.join("s").exists(), "root created nothing");
+        // Reached directly, `real` is root's alone.
+        let direct = DiskStore::for_user(real.join("s"), NOBODY, NOBODY);
+        assert_eq!(direct.prepare_as_root().unwrap(), RootPart::HandedOver);
     }
 
     #[test]
