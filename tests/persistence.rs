@@ -35,6 +35,8 @@ fn stored_files(apache: &Apache) -> Vec<PathBuf> {
 fn store_is_private_to_the_server_user() {
     let s = Fixture::new("mode=good");
     let apache = Apache::start(opts(&s, "")).expect("apache");
+    // The helper fetches (and stores) in the background.
+    assert!(wait_until(Duration::from_secs(10), || !stored_files(&apache).is_empty()), "{}", apache.error_log());
     let files = stored_files(&apache);
     assert_eq!(files.len(), 1, "{}", apache.error_log());
     let dir = fs::metadata(store_dir(&apache)).unwrap();
