@@ -141,6 +141,8 @@ pub struct Runtime {
     pub generation: u64,
     /// Where "now" comes from.
     pub clock: Arc<dyn Clock>,
+    /// When this generation started (for the status handler).
+    pub started: UnixTime,
 }
 
 /// The result of one refresh attempt.
@@ -173,7 +175,8 @@ impl Runtime {
         let slots = store.assign(&keys, clock.now())?;
         let by_key = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
         let generation = store.bump_generation();
-        Ok(Runtime { store, certs, slots, by_key, disk, generation, clock })
+        let started = clock.now();
+        Ok(Runtime { store, certs, slots, by_key, disk, generation, clock, started })
     }
 
     /// The handshake path: copy the stapleable response for `key` into `out`.

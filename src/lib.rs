@@ -2,8 +2,8 @@
 //!
 //! Layers: `apache` holds all of Apache's FFI code, types and pointers, and `openssl_ext`
 //! the few OpenSSL calls the openssl crate lacks (the compiler refuses `unsafe_code`
-//! anywhere else); `config`, `cert`, `ocsp`, `store`, `refresh`, `time`, `transport` and
-//! `engine` are safe Rust, tested without Apache. OpenSSL is the only ASN.1 parser.
+//! anywhere else); `config`, `cert`, `ocsp`, `store`, `refresh`, `status`, `time`,
+//! `transport` and `engine` are safe Rust, tested without Apache. OpenSSL is the only ASN.1 parser.
 
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -18,6 +18,7 @@ pub mod failure;
 pub mod ocsp;
 pub mod openssl_ext;
 pub mod refresh;
+pub mod status;
 pub mod store;
 #[cfg(test)]
 pub mod testpki;
