@@ -349,7 +349,7 @@ impl Runtime {
             this_update: v.this_update,
             next_update: v.next_update,
             staple_until: plan.staple_until,
-            produced_at: None,
+            produced_at: v.produced_at,
             source: if fresh { Source::Responder } else { Source::Disk },
         };
         let outcome = match self.store.publish(&lease, &publish, now) {

@@ -11,7 +11,8 @@
 //! - exact DER parsing (`d2i_*`, then a check that nothing follows the element):
 //!   [`ocsp_response_from_der`], [`octet_string_from_der`];
 //! - an ASN.1 time to Unix seconds, by OpenSSL's `ASN1_TIME_diff` from the epoch: [`unix_time`];
-//! - on a basic response, the certificates it carries and its extensions ([`BasicResponseExt`]);
+//! - on a basic response, the certificates it carries, its extensions and its producedAt
+//!   ([`BasicResponseExt`]);
 //! - on a request, `OCSP_request_add1_nonce` ([`RequestExt`]);
 //! - on a certificate, the TLS Feature extension through `X509_get_ext_d2i` ([`CertificateExt`]).
 
@@ -40,9 +41,13 @@ use crate::time::UnixTime;
 mod sys {
     use std::ffi::{c_int, c_long, c_uchar};
 
-    use openssl_sys::{stack_st_X509, ASN1_OCTET_STRING, OCSP_BASICRESP, OCSP_REQUEST, X509_EXTENSION};
+    use openssl_sys::{
+        stack_st_X509, ASN1_GENERALIZEDTIME, ASN1_OCTET_STRING, OCSP_BASICRESP, OCSP_REQUEST, X509_EXTENSION,
+    };
 
     extern "C" {
+        /// The `producedAt` of a basic response, owned by the response.
+        pub fn OCSP_resp_get0_produced_at(bs: *const OCSP_BASICRESP) -> *const ASN1_GENERALIZEDTIME;
         /// The `certs` of a basic response (NULL when absent), owned by the response.
         pub fn OCSP_resp_get0_certs(bs: *const OCSP_BASICRESP) -> *const stack_st_X509;
         /// Index of the first extension `nid` after `lastpos`, or negative.
@@ -177,6 +182,9 @@ pub trait BasicResponseExt {
 
     /// The value (the content of extnValue) of the response's first extension `nid`.
     fn extension_value(&self, nid: Nid) -> Option<&Asn1OctetStringRef>;
+
+    /// The response's `producedAt`, read by OpenSSL; `None` if it cannot be read.
+    fn produced_at(&self) -> Option<UnixTime>;
 }
 
 impl BasicResponseExt for OcspBasicResponseRef {
@@ -201,6 +209,14 @@ impl BasicResponseExt for OcspBasicResponseRef {
         // SAFETY: `value` is the extension's own, non-NULL OCTET STRING; the reference borrows
         // `self`, which owns it.
         Some(unsafe { Asn1OctetStringRef::from_ptr(value) })
+    }
+
+    fn produced_at(&self) -> Option<UnixTime> {
+        // SAFETY: `self` is a valid OCSP_BASICRESP; the call only reads a field of it.
+        let time = unsafe { sys::OCSP_resp_get0_produced_at(self.as_ptr()) };
+        // SAFETY: a non-NULL `time` is the response's own GeneralizedTime, which lives as
+        // long as the response; it is only read, within this call.
+        (!time.is_null()).then(|| unix_time(unsafe { Asn1GeneralizedTimeRef::from_ptr(time.cast_mut()) }).ok())?
     }
 }
 

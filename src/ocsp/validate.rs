@@ -52,6 +52,8 @@ pub struct Verified {
     pub this_update: UnixTime,
     /// nextUpdate; `None` when the responder gave none.
     pub next_update: Option<UnixTime>,
+    /// producedAt (shown on the status page); `None` if OpenSSL could not read it.
+    pub produced_at: Option<UnixTime>,
 }
 
 /// Why a response must not be stapled.
@@ -158,7 +160,7 @@ pub fn validate(der_bytes: &[u8], cert: &CertInfo, policy: &Policy, now: UnixTim
         OcspCertStatus::REVOKED => CertStatus::Revoked { reason: reason_name(single.reason).into() },
         _ => return Err(Rejection::Unknown),
     };
-    Ok(Verified { status, this_update, next_update })
+    Ok(Verified { status, this_update, next_update, produced_at: basic.produced_at() })
 }
 
 /// An OCSP time as Unix seconds, read by OpenSSL.
@@ -346,6 +348,7 @@ mod tests {
         assert_eq!(v.status, CertStatus::Good);
         assert_close(v.this_update, now, "thisUpdate");
         assert_close(v.next_update.expect("nextUpdate present"), now.plus(DAY), "nextUpdate");
+        assert_close(v.produced_at.expect("producedAt read"), now, "producedAt");
     }
 
     #[test]
