@@ -52,10 +52,14 @@ fn main() {
         .allowlist_function("apr_pstrmemdup|apr_palloc|ap_check_cmd_context|ap_find_linked_module")
         .allowlist_function("ap_mpm_query|ap_server_root_relative|ap_state_query|ap_ssl_add_cert_files|apr_array_make")
         .allowlist_function("ap_ssl_var_lookup")
+        // The status handler and server-status section: the request and its output.
+        .allowlist_type("request_rec")
+        .allowlist_function("ap_rwrite|ap_set_content_type")
+        .allowlist_var("AP_STATUS_SHORT|M_GET|HTTP_METHOD_NOT_ALLOWED")
         .allowlist_var("ap_unixd_config|ap_top_module|ap_server_conf")
         .allowlist_var("MODULE_MAGIC_.*|AP_MPMQ_.*|AP_SQ_.*|GLOBAL_ONLY|NOT_IN_.*|APLOG_.*")
         // The hook types, so that each Rust hook function is checked against its C type.
-        .allowlist_type("ap_HOOK_(pre_config|post_config|child_init|ssl_ocsp_prime_hook|ssl_ocsp_get_resp_hook)_t")
+        .allowlist_type("ap_HOOK_(pre_config|post_config|child_init|ssl_ocsp_prime_hook|ssl_ocsp_get_resp_hook|handler|status_hook)_t")
         .allowlist_function("stapling_shim_.*")
         .allowlist_var("stapling_shim_.*")
         .derive_default(false)

@@ -6,6 +6,7 @@
 #include <http_main.h>
 #include <http_ssl.h>
 #include <ap_mmn.h>
+#include <mod_status.h>
 #include "shim.h"
 
 #if !AP_MODULE_MAGIC_AT_LEAST(20120211, 105)
@@ -54,6 +55,10 @@ void stapling_shim_register_hooks(apr_pool_t *p)
     ap_hook_child_init(stapling_rs_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_ssl_ocsp_prime_hook(stapling_rs_ocsp_prime, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_ssl_ocsp_get_resp_hook(stapling_rs_ocsp_get_resp, NULL, NULL, APR_HOOK_MIDDLE);
+    /* SetHandler stapling-status, and our section in mod_status's page (an optional
+     * hook: registered whether or not mod_status is loaded, run only if it is). */
+    ap_hook_handler(stapling_rs_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    APR_OPTIONAL_HOOK(ap, status_hook, stapling_rs_status_hook, NULL, NULL, APR_HOOK_MIDDLE);
 }
 
 void stapling_shim_log(const char *file, int line, int level, apr_status_t status,

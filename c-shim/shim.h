@@ -33,5 +33,7 @@ int stapling_rs_ocsp_prime(server_rec *s, apr_pool_t *p, const char *id,
 int stapling_rs_ocsp_get_resp(server_rec *s, conn_rec *c, const char *id,
                               apr_size_t id_len, ap_ssl_ocsp_copy_resp *cb,
                               void *userdata);
+int stapling_rs_handler(request_rec *r);
+int stapling_rs_status_hook(request_rec *r, int flags);
 
 #endif

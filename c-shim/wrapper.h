@@ -5,6 +5,8 @@
 #include <http_log.h>
 #include <http_main.h>
 #include <http_ssl.h>
+#include <http_protocol.h>
+#include <mod_status.h>
 #include <ap_mpm.h>
 #include <unixd.h>
 #include <apr_pools.h>

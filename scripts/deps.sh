@@ -3,8 +3,11 @@
 # Safe to run again: it only calls apt-get when something is missing.
 set -euo pipefail
 
+# firefox-esr, python3-websockets: tests/status.rs renders the status page in headless Firefox
+# (WebDriver BiDi); python3-prometheus-client: it parses ?metrics with Prometheus' own parser.
 packages=(apache2 apache2-dev libclang-dev clang pkg-config libssl-dev openssl curl iproute2
-          python3 python3-cryptography build-essential ca-certificates valgrind)
+          python3 python3-cryptography build-essential ca-certificates valgrind
+          firefox-esr python3-websockets python3-prometheus-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,10 +1,10 @@
 //! The only place with `unsafe`: Apache's FFI types, the module struct and the hook
 //! entry points (`hooks`), the panic boundary (`boundary`), typed handles for pools and
-//! servers (`handles`), the per-server config (`server`), the log bridge, shared memory
-//! and the startup helper.
+//! servers (`handles`), the per-server config (`server`), the log bridge, shared memory,
+//! the startup helper, and the status handler and server-status section (`status`).
 //!
-//! Imports go one way: `hooks` → `generation`, `refresher` → `server`, `process`,
-//! `shm` → `handles`, `boundary`, `log`, `ffi`.
+//! Imports go one way: `hooks`, `status` → `generation`, `refresher` → `server`,
+//! `process`, `shm` → `handles`, `boundary`, `log`, `ffi`.
 
 #![allow(unsafe_code)]
 
@@ -18,5 +18,6 @@ mod process;
 mod refresher;
 mod server;
 mod shm;
+mod status;
 
 pub use hooks::stapling_module;

@@ -148,13 +148,14 @@ fn status_table(s: &Snapshot) -> String {
         let st = &row.state;
         let _ = writeln!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td></tr>",
             escape(&row.subject),
             escape(&row.serial),
             escape(&row.vhosts.join(", ")),
             row.status(s.now),
             when(s.now, st.next_update, "none"),
-            format!("{} {}", when(s.now, st.last_attempt, "never"), row.outcome().name()),
+            when(s.now, st.last_attempt, "never"),
+            row.outcome().name(),
             st.failures,
             when(s.now, st.next_fetch, "due now"),
         );

@@ -82,10 +82,13 @@ mod tests {
     use super::super::tests::{snapshot, NOW};
     use super::*;
 
+    /// A sample: name, labels, value.
+    type Sample = (String, Vec<(String, String)>, f64);
+
     /// A strict reading of the 0.0.4 format: every sample belongs to the family whose
     /// TYPE came last, names and label names are valid, values parse as floats, and
     /// label values end where the escaping says.
-    fn check(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+    fn check(text: &str) -> Vec<Sample> {
         let mut family = String::new();
         let mut samples = Vec::new();
         for line in text.lines() {
@@ -103,7 +106,7 @@ mod tests {
         samples
     }
 
-    fn sample(line: &str, family: &str) -> (String, Vec<(String, String)>, f64) {
+    fn sample(line: &str, family: &str) -> Sample {
         let name: String = line.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
         assert_eq!(name, family, "{line}");
         let mut rest = &line[name.len()..];

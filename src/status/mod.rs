@@ -10,6 +10,8 @@ mod html;
 mod json;
 mod metrics;
 
+use std::ffi::CStr;
+
 use openssl::x509::X509Ref;
 
 use crate::cert::hex;
@@ -169,12 +171,13 @@ impl Format {
         Format::Html
     }
 
-    /// The Content-Type of the form.
-    pub fn content_type(self) -> &'static str {
+    /// The Content-Type of the form (NUL-terminated and static, as Apache keeps the
+    /// pointer for the request).
+    pub fn content_type(self) -> &'static CStr {
         match self {
-            Format::Html => "text/html; charset=utf-8",
-            Format::Json => "application/json",
-            Format::Metrics => "text/plain; version=0.0.4; charset=utf-8",
+            Format::Html => c"text/html; charset=utf-8",
+            Format::Json => c"application/json",
+            Format::Metrics => c"text/plain; version=0.0.4; charset=utf-8",
         }
     }
 }
