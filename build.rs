@@ -55,7 +55,7 @@ fn main() {
         // The status handler and server-status section: the request and its output.
         .allowlist_type("request_rec")
         .allowlist_function("ap_rwrite|ap_set_content_type")
-        .allowlist_var("AP_STATUS_SHORT|M_GET|HTTP_METHOD_NOT_ALLOWED")
+        .allowlist_var("AP_STATUS_(SHORT|NOTABLE)|M_GET|HTTP_METHOD_NOT_ALLOWED")
         .allowlist_var("ap_unixd_config|ap_top_module|ap_server_conf")
         .allowlist_var("MODULE_MAGIC_.*|AP_MPMQ_.*|AP_SQ_.*|GLOBAL_ONLY|NOT_IN_.*|APLOG_.*")
         // The hook types, so that each Rust hook function is checked against its C type.

@@ -181,6 +181,11 @@ fn check_server_status(http_port: u16, serial: &str) {
     let page = get(http_port, "/server-status");
     assert!(page.contains("<h2>OCSP stapling</h2>"), "{page}");
     assert!(page.contains(&format!("<td>{serial}</td>")) && page.contains("<td>good</td>"), "{page}");
+    let notable = get(http_port, "/server-status?notable");
+    assert!(
+        notable.contains("<h2>OCSP stapling</h2>") && notable.contains(&format!("(serial {serial}, ")),
+        "{notable}"
+    );
     let auto = get(http_port, "/server-status?auto");
     for want in ["StaplingCertificates: 3\n", "StaplingGood: 1\n", "StaplingNone: 2\n"] {
         assert!(auto.contains(want), "{want} missing:\n{auto}");

@@ -9,7 +9,7 @@ use std::ptr::NonNull;
 use super::boundary::guard;
 use super::ffi;
 use super::handles::Server;
-use crate::status::{self, Format, Snapshot};
+use crate::status::{self, Format, Section, Snapshot};
 
 // Each hook function against the type httpd declares for it: a mismatch fails the build.
 const _: ffi::ap_HOOK_handler_t = Some(stapling_rs_handler);
@@ -111,14 +111,24 @@ pub unsafe extern "C" fn stapling_rs_handler(r: *mut ffi::request_rec) -> c_int 
     })
 }
 
+/// The form of the section that mod_status's flags ask for.
+fn section(flags: c_int) -> Section {
+    if flags & ffi::AP_STATUS_SHORT as c_int != 0 {
+        Section::Auto
+    } else if flags & ffi::AP_STATUS_NOTABLE as c_int != 0 {
+        Section::List
+    } else {
+        Section::Table
+    }
+}
+
 /// mod_status's `status_hook`: our section of server-status (`?auto`: short form).
 #[no_mangle]
 pub unsafe extern "C" fn stapling_rs_status_hook(r: *mut ffi::request_rec, flags: c_int) -> c_int {
     guard("server-status section", ffi::DECLINED, || {
         // SAFETY: mod_status passes the live server-status request, for this thread.
         let Some(mut req) = (unsafe { Request::from_raw(r) }) else { return ffi::DECLINED };
-        let short = flags & ffi::AP_STATUS_SHORT as c_int != 0;
-        req.write(&status::server_status(req.snapshot().as_ref(), short));
+        req.write(&status::server_status(req.snapshot().as_ref(), section(flags)));
         ffi::OK
     })
 }

@@ -96,15 +96,55 @@ fn certificate(out: &mut String, now: UnixTime, row: &Row) {
     out.push_str("</table>\n");
 }
 
-/// The section in mod_status's page: an HTML table, or (`short`, for `?auto`)
-/// `Stapling...: value` lines.
-pub fn server_status(snapshot: Option<&Snapshot>, short: bool) -> String {
-    match (snapshot, short) {
-        (None, true) => "StaplingCertificates: 0\n".into(),
-        (None, false) => "<hr>\n<h2>OCSP stapling</h2>\n<p>OCSP stapling is off.</p>\n".into(),
-        (Some(s), true) => auto_lines(s),
-        (Some(s), false) => status_table(s),
+/// The forms of the server-status section, after mod_status's flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// `?auto` (`AP_STATUS_SHORT`): `Stapling...: value` lines.
+    Auto,
+    /// The HTML page: a table.
+    Table,
+    /// `?notable` (`AP_STATUS_NOTABLE`): HTML without tables.
+    List,
+}
+
+/// The section in mod_status's page, in the form mod_status asks for.
+pub fn server_status(snapshot: Option<&Snapshot>, section: Section) -> String {
+    match (snapshot, section) {
+        (None, Section::Auto) => "StaplingCertificates: 0\n".into(),
+        (None, _) => "<hr>\n<h2>OCSP stapling</h2>\n<p>OCSP stapling is off.</p>\n".into(),
+        (Some(s), Section::Auto) => auto_lines(s),
+        (Some(s), Section::Table) => status_table(s),
+        (Some(s), Section::List) => status_list(s),
     }
+}
+
+fn counts(s: &Snapshot) -> String {
+    format!(
+        "<p>{} certificates: {} good, {} revoked, {} without a staple</p>\n",
+        s.rows.len(),
+        s.count("good"),
+        s.count("revoked"),
+        s.count("none")
+    )
+}
+
+fn status_list(s: &Snapshot) -> String {
+    let mut out = format!("<hr>\n<h2>OCSP stapling</h2>\n{}", counts(s));
+    for row in &s.rows {
+        let _ = writeln!(
+            out,
+            "<p>{} (serial {}, {}): {}, nextUpdate {}, last fetch {} {}, next refresh {}</p>",
+            escape(&row.subject),
+            escape(&row.serial),
+            escape(&row.vhosts.join(", ")),
+            row.status(s.now),
+            when(s.now, row.state.next_update, "none"),
+            when(s.now, row.state.last_attempt, "never"),
+            row.outcome().name(),
+            when(s.now, row.state.next_fetch, "due now"),
+        );
+    }
+    out
 }
 
 fn auto_lines(s: &Snapshot) -> String {
@@ -131,15 +171,7 @@ fn auto_lines(s: &Snapshot) -> String {
 }
 
 fn status_table(s: &Snapshot) -> String {
-    let mut out = String::from("<hr>\n<h2>OCSP stapling</h2>\n");
-    let _ = writeln!(
-        out,
-        "<p>{} certificates: {} good, {} revoked, {} without a staple</p>",
-        s.rows.len(),
-        s.count("good"),
-        s.count("revoked"),
-        s.count("none")
-    );
+    let mut out = format!("<hr>\n<h2>OCSP stapling</h2>\n{}", counts(s));
     out.push_str(
         "<table border=\"1\"><tr><th>Certificate</th><th>Serial</th><th>Virtual hosts</th><th>Status</th>\
          <th>nextUpdate</th><th>Last fetch</th><th>Failures</th><th>Next refresh</th></tr>\n",
@@ -213,16 +245,21 @@ mod tests {
     #[test]
     fn server_status_section_in_both_forms() {
         let s = snapshot();
-        let table = server_status(Some(&s), false);
-        tags_are_ours(&table);
-        assert!(table.contains("<h2>OCSP stapling</h2>") && table.contains("&lt;script&gt;"));
-        let auto = server_status(Some(&s), true);
+        for section in [Section::Table, Section::List] {
+            let html = server_status(Some(&s), section);
+            tags_are_ours(&html);
+            assert!(html.contains("<h2>OCSP stapling</h2>") && html.contains("&lt;script&gt;"), "{html}");
+            assert_eq!(html.contains("<table"), section == Section::Table);
+            assert!(html.contains("1001") && html.contains("ABCD"));
+        }
+        let auto = server_status(Some(&s), Section::Auto);
         assert!(auto.starts_with("StaplingCertificates: 2\nStaplingGood: 1\nStaplingRevoked: 0\nStaplingNone: 1\n"));
         // Every line is `Key: value`, even with a line break in a subject.
         assert!(
             auto.lines().all(|l| l.split_once(": ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_alphanumeric()))),
             "{auto}"
         );
-        assert_eq!(server_status(None, true), "StaplingCertificates: 0\n");
+        assert_eq!(server_status(None, Section::Auto), "StaplingCertificates: 0\n");
+        assert!(server_status(None, Section::List).contains("OCSP stapling is off"));
     }
 }

@@ -19,7 +19,7 @@ use crate::engine::Runtime;
 use crate::store::{SlotState, SlotStatus, Source};
 use crate::time::UnixTime;
 
-pub use html::server_status;
+pub use html::{server_status, Section};
 
 /// The module's version, shown on every form of the page.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
