@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use log::{debug, error, info, warn};
 
+use crate::alert::{self, Kind, ALERT_EVERY};
 use crate::cert::{CertInfo, CertKey, KeyMap};
 use crate::config::Effective;
 use crate::failure::Failure;
-use crate::ocsp::{self, CertStatus, Policy, Rejection, Verified};
+use crate::ocsp::{self, CertStatus, FetchError, Policy, Rejection, Verified};
 use crate::refresh;
 use crate::store::{
     DiskStore, Lease, Publish, Published, Schedule, SharedStore, SlotStatus, Source, StapleBuffer, StoreError,
@@ -49,13 +50,26 @@ pub struct ManagedCert {
 }
 
 impl ManagedCert {
-    /// "certificate CN=… serial=… (vhost host:port, …)", for log lines.
+    /// "CN=… serial=… (vhost a:443, b:443, c:443 and 2 more)", for log lines: the
+    /// vhosts are bounded, so that one line stays readable on a server with hundreds.
     pub fn describe(&self) -> String {
-        if self.vhosts.is_empty() {
-            self.info.label.clone()
-        } else {
-            format!("{} (vhost {})", self.info.label, self.vhosts.join(", "))
+        match self.vhosts.len() {
+            0 => self.info.label.clone(),
+            1 => format!("{} (vhost {})", self.info.label, self.vhosts[0]),
+            _ => format!("{} (vhosts {})", self.info.label, bounded(&self.vhosts)),
         }
+    }
+}
+
+/// How many items a log line lists before "and N more".
+const LISTED: usize = 3;
+
+/// "a, b, c and 2 more": the first few of `items`, and how many are left out.
+pub fn bounded(items: &[String]) -> String {
+    let shown = items[..items.len().min(LISTED)].join(", ");
+    match items.len().saturating_sub(LISTED) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
     }
 }
 
@@ -328,7 +342,7 @@ impl Runtime {
         debug!("{}: asking {}", cert.info.label, cert.url);
         let der = transport
             .fetch(&cert.url, &request, cert.settings.responder_timeout)
-            .map_err(|e| (e.failure(), format!("fetch from {} failed: {e}", cert.url)))?;
+            .map_err(|e| (e.failure(), fetch_failed(&cert.url, &e)))?;
         let verified = ocsp::validate(&der, &cert.info, &Self::policy(cert, nonce), self.clock.now())
             .map_err(|e| (e.failure(), format!("response from {} rejected: {e}", cert.url)))?;
         Ok((der, verified))
@@ -373,7 +387,11 @@ impl Runtime {
                 if fresh {
                     self.save_to_disk(cert, der);
                 }
-                self.log_published(cert, v, &previous, now.seconds_until(plan.next_fetch), fresh);
+                if fresh {
+                    self.log_published(cert, v, &previous, plan.next_fetch);
+                } else {
+                    self.log_restored(cert, v, plan.next_fetch);
+                }
                 if der.len() > MAX_TLS12_STAPLE && previous.status == SlotStatus::Empty {
                     warn!(
                         "{}: the response from {} is {} bytes, too large for TLS 1.2 clients built on OpenSSL \
@@ -386,6 +404,7 @@ impl Runtime {
             }
             _ => debug!("{}: the store holds a newer response than the one just fetched; keeping it", cert.info.label),
         }
+        self.check_alert(i, now, None);
         outcome
     }
 
@@ -410,14 +429,8 @@ impl Runtime {
         }
     }
 
-    fn log_published(
-        &self,
-        cert: &ManagedCert,
-        v: &Verified,
-        previous: &crate::store::SlotState,
-        next_in: i64,
-        fresh: bool,
-    ) {
+    fn log_published(&self, cert: &ManagedCert, v: &Verified, previous: &crate::store::SlotState, next: UnixTime) {
+        let until = v.next_update.map_or_else(String::new, |t| format!(", valid until {}", t.date()));
         match &v.status {
             CertStatus::Revoked { reason } => error!(
                 "{} is REVOKED ({reason}) according to {}: stapling the revoked status. \
@@ -425,19 +438,33 @@ impl Runtime {
                 cert.describe(),
                 cert.url
             ),
-            CertStatus::Good if !fresh => {
-                info!("{}: stapling the stored response until a fresh one is fetched", cert.info.label)
-            }
             CertStatus::Good if previous.status == SlotStatus::Empty || previous.failures > 0 => {
-                info!("{}: stapling a good response from {} (next refresh in {next_in}s)", cert.describe(), cert.url)
+                info!(
+                    "{}: stapling a good response from {}{until}; next refresh at {}",
+                    cert.describe(),
+                    cert.url,
+                    next.date()
+                )
             }
-            CertStatus::Good => debug!("{}: response refreshed (next refresh in {next_in}s)", cert.info.label),
+            CertStatus::Good => {
+                debug!("{}: response refreshed{until}; next refresh at {}", cert.info.label, next.date())
+            }
         }
+    }
+
+    /// A response restored from disk: say until when it is stapled and when the
+    /// responder is asked next (often hours away, inside the response's validity).
+    fn log_restored(&self, cert: &ManagedCert, v: &Verified, next: UnixTime) {
+        let until = v.next_update.map_or_else(String::new, |t| format!(" (valid until {})", t.date()));
+        info!(
+            "{}: stapling the stored response{until} until a fresh one is fetched at {}",
+            cert.info.label,
+            next.date()
+        );
     }
 
     fn record_failure(&self, i: usize, lease: Lease, previous_failures: u32, failure: Failure, why: String) -> Attempt {
         let cert = &self.certs[i];
-        let slot = lease.slot();
         let failures = previous_failures.saturating_add(1);
         let now = self.clock.now();
         let next = refresh::retry_after_failure(failures, now, cert.info.must_staple, jitter());
@@ -451,28 +478,41 @@ impl Runtime {
         if self.store.release(lease, schedule).is_err() {
             return self.lost_lease(cert);
         }
-        let state = self.store.state(slot);
-        let stapled = state.stapleable_at(now);
-        let keeping = match state.staple_until.filter(|_| stapled) {
-            Some(until) => {
-                format!("the last good response stays stapled until it expires in {}s", now.seconds_until(until))
-            }
-            None => "nothing is stapled for it".to_string(),
-        };
-        let line = format!(
-            "{}: {why}; {keeping}; retrying in {}s. Check that this server can reach the responder, \
-             or set StaplingForceURL",
-            cert.describe(),
-            now.seconds_until(next)
-        );
-        if cert.info.must_staple && !stapled {
-            error!("{line}. This certificate is must-staple: clients that honour it will refuse connections");
-        } else if previous_failures == 0 {
-            warn!("{line}");
-        } else {
-            debug!("{line}");
-        }
+        self.check_alert(i, now, Some(&why));
         Attempt::Failed(why)
+    }
+
+    /// Logs the alert the state of certificate `i` calls for, if no process logged it
+    /// within [`ALERT_EVERY`], or the recovery line if an alert just ended. `why` is the
+    /// detail of a failure just recorded: when the alert is not due, it goes to debug.
+    fn check_alert(&self, i: usize, now: UnixTime, why: Option<&str>) {
+        let (cert, slot) = (&self.certs[i], self.slots[i]);
+        let state = self.store.state(slot);
+        let Some(kind) = alert::kind_for(&state, now) else {
+            if let Some(ended) = self.store.clear_alert(slot).and_then(Kind::from_code) {
+                warn!("{}", alert::recovery_line(ended, &cert.describe(), &state));
+            }
+            return;
+        };
+        let claimed = self.store.claim_alert(slot, kind as u8, now, ALERT_EVERY);
+        if !claimed && why.is_none() {
+            return;
+        }
+        let line = alert::line(kind, &cert.describe(), cert.info.must_staple, &state, now, why);
+        let unstapled_must_staple = cert.info.must_staple && !state.stapleable_at(now);
+        match kind {
+            _ if !claimed => debug!("{line}"),
+            Kind::Expired => error!("{line}"),
+            _ if unstapled_must_staple => error!("{line}"),
+            _ => warn!("{line}"),
+        }
+    }
+
+    /// Looks at every certificate's state and logs what is due: a response may expire
+    /// between two fetches, and that must be said within a pass of it.
+    pub fn check_alerts(&self) {
+        let now = self.clock.now();
+        (0..self.certs.len()).for_each(|i| self.check_alert(i, now, None));
     }
 
     /// The startup pass, in the unprivileged helper: restore every stored response
@@ -501,7 +541,7 @@ impl Runtime {
             );
         }
         if !missing.is_empty() {
-            info!("no response yet for {}; retrying in the background", missing.join(", "));
+            info!("no response yet for {}; retrying in the background", bounded(&missing));
         }
     }
 
@@ -559,6 +599,15 @@ impl Runtime {
             }
             self.refresh_if_due(i, transport, stop);
         }
+        self.check_alerts();
+    }
+}
+
+/// A failed fetch in words: an answer the responder gave, or why there was none.
+fn fetch_failed(url: &str, e: &FetchError) -> String {
+    match e {
+        FetchError::HttpStatus(..) => format!("the responder {url} answered {e}"),
+        _ => format!("fetching from {url} failed: {e}"),
     }
 }
 
@@ -573,7 +622,6 @@ fn slot_status(v: &Verified) -> SlotStatus {
 mod tests {
     use super::*;
     use crate::config::ServerConfig;
-    use crate::ocsp::FetchError;
     use crate::store::Layout;
     use crate::testpki::{self, Index, Opts};
     use crate::time::{ManualClock, SystemClock};
@@ -658,6 +706,119 @@ mod tests {
         rt.staple(&rt.certs[0].info.key, &mut out).filter(|&s| s).map(|_| out.bytes().to_vec())
     }
 
+    /// Records this thread's log lines, so a test reads exactly what it logged.
+    struct Capture;
+
+    thread_local! {
+        static LINES: std::cell::RefCell<Vec<(log::Level, String)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            LINES.with(|l| l.borrow_mut().push((r.level(), r.args().to_string())));
+        }
+        fn flush(&self) {}
+    }
+
+    /// Starts capturing this thread's log lines afresh.
+    fn capture() {
+        static CAPTURE: Capture = Capture;
+        static INIT: std::sync::Once = std::sync::Once::new();
+        INIT.call_once(|| {
+            log::set_logger(&CAPTURE).unwrap();
+            log::set_max_level(log::LevelFilter::Trace);
+        });
+        LINES.with(|l| l.borrow_mut().clear());
+    }
+
+    /// The captured lines at `level` or more severe, taken out.
+    fn logged(level: log::Level) -> Vec<(log::Level, String)> {
+        LINES.with(|l| std::mem::take(&mut *l.borrow_mut())).into_iter().filter(|(lv, _)| *lv <= level).collect()
+    }
+
+    #[test]
+    fn a_dying_staple_warns_hourly_then_errors_at_expiry_then_recovers() {
+        capture();
+        let (rt, clock) = runtime_with_clock(None);
+        let down = || Err(FetchError::HttpStatus(503, "Service Unavailable".into()));
+        let transport = Scripted::new(vec![Ok(good()), down(), down(), down()]);
+        refresh(&rt, &transport);
+        logged(log::Level::Warn);
+        until_due(&rt, &clock);
+        assert!(matches!(refresh(&rt, &transport), Attempt::Failed(_)));
+        let lines = logged(log::Level::Warn);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let (level, line) = &lines[0];
+        assert_eq!(*level, log::Level::Warn);
+        assert!(line.contains("answered HTTP 503 Service Unavailable (the responder is failing"), "{line}");
+        assert!(line.contains("the last good response stays stapled, but it expires in "), "{line}");
+        assert!(line.contains(" UTC"), "dates, not Unix seconds: {line}");
+        // The retry 30 s later fails again: said at debug only, within the hour.
+        until_due(&rt, &clock);
+        refresh(&rt, &transport);
+        assert_eq!(logged(log::Level::Warn), vec![], "one expiring warning an hour");
+        // An hour on, the next failure warns again.
+        clock.advance(HOUR);
+        refresh(&rt, &transport);
+        assert_eq!(logged(log::Level::Warn).len(), 1, "again after an hour");
+        // The response expires between two fetches: the pass notices it, once.
+        clock.set(rt.store.state(rt.slots[0]).staple_until.unwrap());
+        rt.check_alerts();
+        rt.check_alerts();
+        let lines = logged(log::Level::Warn);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0].0, log::Level::Error);
+        assert!(lines[0].1.contains("the OCSP response expired at ") && lines[0].1.contains("nothing is stapled"));
+        assert!(lines[0].1.contains("Last failure: the responder answered HTTP 503"), "{}", lines[0].1);
+        clock.advance(HOUR);
+        rt.check_alerts();
+        assert_eq!(logged(log::Level::Warn).len(), 1, "repeated hourly while it lasts");
+        // The responder is back: one recovery line at warn.
+        clock.set(rt.store.state(rt.slots[0]).next_fetch.unwrap().max(clock.now()));
+        // The test responses start at real time: go back to within their validity.
+        clock.set(SystemClock.now());
+        let back = Scripted::new(vec![Ok(good())]);
+        let st = rt.store.state(rt.slots[0]);
+        let lease = rt.store.try_lease(rt.slots[0], clock.now(), HOUR).unwrap();
+        rt.store.release(lease, Schedule { next_fetch: None, ..st.schedule() }).unwrap();
+        assert!(matches!(refresh(&rt, &back), Attempt::Published(_)));
+        let lines = logged(log::Level::Warn);
+        let recovered: Vec<_> = lines.iter().filter(|(_, l)| l.contains("recovered:")).collect();
+        assert_eq!(recovered.len(), 1, "{lines:?}");
+        assert_eq!(recovered[0].0, log::Level::Warn);
+        rt.check_alerts();
+        assert_eq!(logged(log::Level::Warn), vec![], "recovery said once");
+    }
+
+    #[test]
+    fn try_later_and_unreachable_give_different_advice() {
+        capture();
+        // An OCSPResponse with responseStatus tryLater (3) and no body.
+        let try_later = vec![0x30, 0x03, 0x0a, 0x01, 0x03];
+        let (rt, _) = runtime_with_clock(None);
+        refresh(&rt, &Scripted::new(vec![Ok(try_later)]));
+        let (rt2, _) = runtime_with_clock(None);
+        refresh(&rt2, &Scripted::new(vec![Err(FetchError::Unreachable("Connection Failed: refused".into()))]));
+        let lines = logged(log::Level::Warn);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].1.contains("tryLater") && lines[0].1.contains("overloaded or still preparing"), "{lines:?}");
+        assert!(lines[1].1.contains("check that this server can reach the responder"), "{lines:?}");
+        assert!(!lines[0].1.contains("reach the responder"), "{lines:?}");
+        assert!(lines[1].1.contains("nothing is stapled for it"), "{lines:?}");
+    }
+
+    #[test]
+    fn vhost_lists_are_bounded() {
+        let mut cert = managed("leaf");
+        cert.vhosts = (1..=5).map(|i| format!("v{i}:443")).collect();
+        assert!(cert.describe().ends_with("(vhosts v1:443, v2:443, v3:443 and 2 more)"), "{}", cert.describe());
+        cert.vhosts.truncate(1);
+        assert!(cert.describe().ends_with("(vhost v1:443)"));
+    }
+
     #[test]
     fn registry_dedupes_and_explains_missing_urls() {
         let mut reg = Registry::default();
@@ -713,7 +874,7 @@ mod tests {
         let first = good();
         let bad_sig =
             testpki::response_for(&testpki::cert_info("leaf"), Opts { signer: "other-ca", ..Opts::default() });
-        let down = || Err(FetchError("HTTP 500".into()));
+        let down = || Err(FetchError::HttpStatus(500, String::new()));
         let transport = Scripted::new(vec![Ok(first.clone()), Ok(bad_sig), down(), down(), down()]);
         refresh(&rt, &transport);
         let mut waits = vec![];
@@ -794,7 +955,7 @@ mod tests {
                 .store
                 .release(lease, Schedule { next_fetch: None, failures: 0, fetched_ok_at: None, ..Schedule::default() })
                 .unwrap();
-            Err(FetchError("timed out".into()))
+            Err(FetchError::Timeout)
         }
     }
 
@@ -816,7 +977,7 @@ mod tests {
         impl Transport for Hang {
             fn fetch(&self, _: &str, _: &[u8], _: Duration) -> Result<Vec<u8>, FetchError> {
                 std::thread::sleep(Duration::from_secs(30));
-                Err(FetchError("late".into()))
+                Err(FetchError::Timeout)
             }
         }
         let rt = runtime(None);

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 // Unit tests run without Apache, whose symbols exist only inside httpd.
+pub mod alert;
 #[cfg(not(test))]
 pub mod apache;
 pub mod cert;

@@ -58,6 +58,11 @@ impl UnixTime {
         u64::try_from(self.0).unwrap_or(0)
     }
 
+    /// The time as a log-line date, "2026-11-21 12:00:00 UTC".
+    pub fn date(self) -> Date {
+        Date(self)
+    }
+
     /// A store word back to a time; 0 means "none".
     pub fn from_word(word: u64) -> Option<UnixTime> {
         (word != 0).then(|| UnixTime(i64::try_from(word).unwrap_or(i64::MAX)))
@@ -70,6 +75,29 @@ impl fmt::Display for UnixTime {
         let (days, rem) = (self.0.div_euclid(86_400), self.0.rem_euclid(86_400));
         let (y, m, d) = civil_from_days(days);
         write!(f, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    }
+}
+
+/// A time shown as an admin reads it in a log line: "2026-11-21 12:00:00 UTC".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Date(UnixTime);
+
+impl fmt::Display for Date {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (days, rem) = (self.0 .0.div_euclid(86_400), self.0 .0.rem_euclid(86_400));
+        let (y, m, d) = civil_from_days(days);
+        write!(f, "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    }
+}
+
+/// A span as an admin reads it: "3 h 20 min", "45 s", "2 days 4 h".
+pub fn span(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} days {} h", s / 86_400, s % 86_400 / 3600),
     }
 }
 
@@ -174,6 +202,15 @@ mod tests {
         assert_eq!(UnixTime::from_secs(0).to_string(), "1970-01-01T00:00:00Z");
         assert_eq!(UnixTime::from_secs(1_795_214_206).to_string(), "2026-11-20T22:36:46Z");
         assert_eq!(UnixTime::from_secs(1_709_208_000).to_string(), "2024-02-29T12:00:00Z");
+    }
+
+    #[test]
+    fn dates_and_spans_read_as_an_admin_expects() {
+        assert_eq!(UnixTime::from_secs(1_795_262_400).date().to_string(), "2026-11-21 12:00:00 UTC");
+        assert_eq!(span(Duration::from_secs(45)), "45 s");
+        assert_eq!(span(Duration::from_secs(600)), "10 min");
+        assert_eq!(span(Duration::from_secs(3 * 3600 + 20 * 60)), "3 h 20 min");
+        assert_eq!(span(Duration::from_secs(2 * 86_400 + 4 * 3600)), "2 days 4 h");
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Abandonable {
 
 impl Transport for Abandonable {
     fn fetch(&self, url: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>, FetchError> {
-        let abandoned = || FetchError("abandoned: this process is stopping".into());
+        let abandoned = || FetchError::Abandoned;
         if self.stop.requested() {
             return Err(abandoned());
         }
@@ -95,7 +95,7 @@ impl Transport for Abandonable {
                 Err(RecvTimeoutError::Timeout) if self.stop.requested() => return Err(abandoned()),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(FetchError("the fetch ended without an answer".into()))
+                    return Err(FetchError::Body("the fetch ended without an answer".into()))
                 }
             }
         }

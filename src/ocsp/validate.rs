@@ -92,9 +92,11 @@ impl fmt::Display for Rejection {
             Rejection::BadSignature(e) => write!(f, "signature does not verify against the issuer ({e})"),
             Rejection::WrongCert => f.write_str("response is for a different certificate (CertID mismatch)"),
             Rejection::Unknown => f.write_str("responder says the certificate status is 'unknown'"),
-            Rejection::NotYetValid(t) => write!(f, "thisUpdate ({t}) is in the future beyond the allowed skew"),
-            Rejection::Expired(t) => write!(f, "nextUpdate ({t}) has passed beyond the allowed skew"),
-            Rejection::TooOld(t) => write!(f, "thisUpdate ({t}) is older than StaplingResponseMaxAge"),
+            Rejection::NotYetValid(t) => {
+                write!(f, "thisUpdate ({}) is in the future beyond the allowed skew", t.date())
+            }
+            Rejection::Expired(t) => write!(f, "nextUpdate ({}) has passed beyond the allowed skew", t.date()),
+            Rejection::TooOld(t) => write!(f, "thisUpdate ({}) is older than StaplingResponseMaxAge", t.date()),
             Rejection::NonceMismatch => f.write_str("response does not echo the request's nonce"),
             Rejection::BadTime => f.write_str("response has an unreadable time field"),
         }
@@ -663,6 +665,6 @@ mod tests {
     fn rejections_display_their_detail() {
         assert!(Rejection::ResponderError("tryLater").to_string().contains("tryLater"));
         let expired = Rejection::Expired(UnixTime::from_secs(1_795_214_206)).to_string();
-        assert!(expired.contains("2026-11-20T22:36:46Z"), "{expired}");
+        assert!(expired.contains("2026-11-20 22:36:46 UTC"), "{expired}");
     }
 }
