@@ -56,7 +56,7 @@ fn main() {
         .allowlist_type("request_rec")
         .allowlist_function("ap_rwrite|ap_set_content_type")
         .allowlist_var("AP_STATUS_(SHORT|NOTABLE)|M_GET|HTTP_METHOD_NOT_ALLOWED")
-        .allowlist_var("ap_unixd_config|ap_top_module|ap_server_conf")
+        .allowlist_var("ap_unixd_config|ap_top_module|ap_server_conf|ap_conftree")
         .allowlist_var("MODULE_MAGIC_.*|AP_MPMQ_.*|AP_SQ_.*|GLOBAL_ONLY|NOT_IN_.*|APLOG_.*")
         // The hook types, so that each Rust hook function is checked against its C type.
         .allowlist_type("ap_HOOK_(pre_config|post_config|child_init|ssl_ocsp_prime_hook|ssl_ocsp_get_resp_hook|handler|status_hook)_t")

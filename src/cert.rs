@@ -114,7 +114,8 @@ fn requires_status_request(cert: &X509Ref) -> bool {
     matches!(cert.tls_features(), Ok(Some(features)) if features.contains(STATUS_REQUEST))
 }
 
-fn label_of(cert: &X509) -> String {
+/// "certificate CN=… serial=…", for log lines.
+pub(crate) fn label_of(cert: &X509) -> String {
     let cn = cert
         .subject_name()
         .entries_by_nid(Nid::COMMONNAME)

@@ -100,11 +100,16 @@ pub struct Registry {
     pub primed_servers: Vec<usize>,
     /// Certificates without a responder URL, with the line to log once at startup.
     pub no_url: Vec<(CertKey, String)>,
+    /// Every certificate mod_ssl handed over, whatever we decided.
+    pub handed_over: Vec<CertKey>,
 }
 
 impl Registry {
     /// Records a primed certificate for vhost `vhost` (server address `server`).
     pub fn prime(&mut self, info: CertInfo, settings: Effective, vhost: &str, server: usize) -> PrimeDecision {
+        if !self.handed_over.contains(&info.key) {
+            self.handed_over.push(info.key);
+        }
         if !settings.enabled {
             return PrimeDecision::Off;
         }

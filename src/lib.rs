@@ -14,6 +14,7 @@ pub mod alert;
 pub mod apache;
 pub mod cert;
 pub mod config;
+pub mod diagnose;
 pub mod engine;
 pub mod failure;
 pub mod ocsp;

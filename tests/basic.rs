@@ -73,15 +73,25 @@ fn compatibility_mode_serves_ssl_use_stapling_vhosts() {
 }
 
 #[test]
-fn loading_before_mod_ssl_is_reported() {
+fn loading_before_mod_ssl_is_reported_only_if_mod_ssl_directives_are_missed() {
     let fx = Fixture::openssl();
     let pki = &fx.pki;
     let mut opts = stapling_opts(pki, Mpm::Prefork, 1);
     opts.load_order_ssl_first = false;
-    let apache = Apache::start(opts).expect("apache");
-    assert!(apache.error_log().contains("mod_stapling is loaded before mod_ssl"), "{}", apache.error_log());
-    // Our own directive still works in that order.
+    let mut apache = Apache::start(opts).expect("apache");
+    assert!(!apache.error_log().contains("loaded before mod_ssl"), "stapling works:\n{}", apache.error_log());
+    // Our own directive works in that order.
     assert_stapled_good(&apache, pki);
+    apache.stop();
+    apache.reconfigure(|o| o.vhost_conf.push_str("SSLStaplingResponderTimeout 5\n"));
+    apache.start_again();
+    let log = apache.error_log();
+    let line = log.lines().find(|l| l.contains("loaded before mod_ssl")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("[stapling:warn]"), "{line}");
+    assert!(
+        line.contains("compatibility mode cannot read SSLStaplingResponderTimeout: only mod_ssl sees them"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -122,14 +132,62 @@ fn certificate_without_ocsp_url_is_skipped_with_one_info_line() {
 }
 
 #[test]
-fn vhost_without_issuer_in_chain_gets_an_error_line() {
+fn vhost_without_issuer_in_chain_gets_an_error_line_naming_certificate_and_file() {
     let tmp = tempfile::tempdir().unwrap();
     let rport = free_port();
     let pki = Pki::create(tmp.path(), &ocsp_url(rport));
     let mut opts = ApacheOptions::new(pki.path("leaf.crt"), pki.path("leaf.key"));
     opts.vhost_conf = "Stapling on\n".into();
     let apache = Apache::start(opts).expect("apache");
-    assert!(apache.error_log().contains("add the intermediate CA certificate"), "{}", apache.error_log());
+    let log = apache.error_log();
+    let line = log.lines().find(|l| l.contains("mod_ssl found no issuer")).unwrap_or_else(|| panic!("{log}"));
+    let expected = format!(
+        "(vhost localhost:{}) cannot be stapled: mod_ssl found no issuer for it. Add the issuing (intermediate) \
+         CA certificate to {} after the server certificate (SSLCertificateFile), or name a file holding it in \
+         SSLCertificateChainFile",
+        apache.port(),
+        pki.path("leaf.crt").display()
+    );
+    assert!(line.contains("[stapling:error]") && line.contains("certificate CN=localhost serial="), "{line}");
+    assert!(line.ends_with(&expected), "{line}");
+    assert!(!log.contains("OCSP stapling ready: 0 of 0"), "{log}");
+    assert!(log.contains("OCSP stapling ready: 0 of 1"), "{log}");
+}
+
+#[test]
+fn a_self_signed_certificate_gets_one_info_line_and_no_chain_advice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::create(tmp.path(), &ocsp_url(free_port()));
+    let mut opts = ApacheOptions::new(pki.path("root.crt"), pki.path("root.key"));
+    opts.vhost_conf = "Stapling on\n".into();
+    let apache = Apache::start(opts).expect("apache");
+    let log = apache.error_log();
+    let line = log.lines().find(|l| l.contains("self-signed")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("[stapling:info]"), "{line}");
+    let expected = format!(
+        "(vhost localhost:{}) is self-signed: there is no responder to ask, so it is not stapled",
+        apache.port()
+    );
+    assert!(line.ends_with(&expected), "{line}");
+    assert!(!log.contains("intermediate") && !log.contains("[stapling:error]"), "{log}");
+}
+
+#[test]
+fn one_of_two_certificates_without_its_chain_is_a_warning_and_counted() {
+    let fx = Fixture::openssl();
+    let pki = &fx.pki;
+    let mut opts = stapling_opts(pki, Mpm::Prefork, 1);
+    opts.vhost_conf.push_str(&format!(
+        "SSLCertificateFile {}\nSSLCertificateKeyFile {}\n",
+        pki.path("leaf-ec.crt").display(),
+        pki.path("leaf-ec.key").display()
+    ));
+    let apache = Apache::start(opts).expect("apache");
+    let log = apache.error_log();
+    let line = log.lines().find(|l| l.contains("mod_ssl found no issuer")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("[stapling:warn]"), "{line}");
+    assert!(line.contains(&format!("to {} after the server certificate", pki.path("leaf-ec.crt").display())), "{line}");
+    assert!(log.contains("OCSP stapling ready: 1 of 2 certificates"), "{log}");
 }
 
 #[test]

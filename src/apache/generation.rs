@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use log::{debug, error, info, warn};
 
+use super::conftree::{self, CertFiles, Tree};
 use super::handles::{text, Pool, Server, Userdata};
 use super::{ffi, process, shm};
 use crate::cert::{CertInfo, CertKey};
 use crate::config::ServerConfig;
-use crate::engine::{ManagedCert, PrimeDecision, Registry, Runtime};
+use crate::diagnose::{self, Finding};
+use crate::engine::{bounded, ManagedCert, PrimeDecision, Registry, Runtime};
 use crate::store::disk::RootPart;
 use crate::store::{DiskStore, Layout, SharedStore};
 use crate::time::SystemClock;
@@ -82,10 +84,15 @@ pub(super) struct StartFailed;
 /// hand it to every server's config.
 pub(super) fn finish(main: Server<'_>) -> Result<(), StartFailed> {
     let pass = with_pass(main.config_pool(), std::mem::take);
-    report_load_order(main.config().is_none_or(|c| c.settings.compatibility()));
+    let tree = conftree::read();
+    report_load_order(main.config().is_none_or(|c| c.settings.compatibility()), &tree);
     pass.notes.iter().chain(pass.registry.no_url.iter().map(|(_, line)| line)).for_each(|n| info!("{n}"));
-    report_unprimed_vhosts(main, &pass.registry);
-    let Some(runtime) = start_generation(&main, pass.registry)? else { return Ok(()) };
+    let unprimed = report_certificates(main, &pass.registry, &tree);
+    let Some(runtime) = start_generation(&main, pass.registry)? else {
+        report_ready(0, unprimed);
+        return Ok(());
+    };
+    report_ready(runtime.stapled_count(), runtime.certs.len() + unprimed);
     for server in main.with_following() {
         if let Some(cfg) = server.config() {
             let _ = cfg.runtime.set(Arc::clone(&runtime));
@@ -95,8 +102,9 @@ pub(super) fn finish(main: Server<'_>) -> Result<(), StartFailed> {
 }
 
 /// Modules loaded later are searched first for a directive, so compatibility mode
-/// only sees mod_ssl's directives when we are loaded after mod_ssl.
-fn report_load_order(compatibility: bool) {
+/// only sees mod_ssl's directives when we are loaded after mod_ssl. Said only when the
+/// configuration has such directives (which then went to mod_ssl alone).
+fn report_load_order(compatibility: bool, tree: &Tree) {
     // SAFETY: ap_top_module heads the list of loaded modules, which Apache does not
     // change during post_config; names are NUL-terminated.
     let names: Vec<String> = unsafe {
@@ -111,33 +119,83 @@ fn report_load_order(compatibility: bool) {
     let ours = names.iter().position(|n| n == "mod_stapling.c");
     // mod_tls uses the same core hooks, so it works too (without compatibility mode).
     let tls = names.iter().any(|n| n == "mod_tls.c");
+    let unseen = !tree.compat_directives.is_empty();
     match (ours, names.iter().position(|n| n == "mod_ssl.c")) {
         (_, None) if !tls => {
             error!("mod_ssl is not loaded: mod_stapling has nothing to staple. Enable it (a2enmod ssl)")
         }
         (_, None) => {}
-        (Some(o), Some(ssl)) if ssl < o && compatibility => warn!(
-            "mod_stapling is loaded before mod_ssl, so compatibility mode cannot read SSLUseStapling and \
-             SSLStapling*; load mod_stapling after mod_ssl (on Debian: a2enmod stapling does this)"
+        (Some(o), Some(ssl)) if ssl < o && compatibility && unseen => warn!(
+            "mod_stapling is loaded before mod_ssl, so compatibility mode cannot read {}: only mod_ssl \
+             sees them. Load mod_stapling after mod_ssl (on Debian: a2enmod stapling does this), or use \
+             Stapling and the Stapling* directives",
+            bounded(&tree.compat_directives)
         ),
         _ => {}
     }
 }
 
-/// mod_ssl never primes a certificate whose issuer it cannot find.
-fn report_unprimed_vhosts(main: Server<'_>, registry: &Registry) {
-    let unprimed = main.with_following().filter(|s| {
-        s.config()
-            .is_some_and(|c| c.settings.effective(c.settings.compatibility()).enabled && c.settings.switch_in_vhost)
-            && !registry.primed_servers.contains(&(s.as_ptr() as usize))
-    });
-    for server in unprimed {
-        error!(
-            "vhost {}: Stapling is on, but mod_ssl handed over no certificate with an OCSP \
-             responder for it. Usually mod_ssl could not find the issuer: add the intermediate \
-             CA certificate to the file in SSLCertificateFile (after the server certificate)",
-            server.label()
-        );
+/// Why a configured certificate was not handed to us, per certificate file of every
+/// vhost with stapling on (mod_ssl never primes a certificate whose issuer it cannot
+/// find). One line per finding, naming its vhosts. Returns how many certificates
+/// lack their chain, for the ready line's total.
+fn report_certificates(main: Server<'_>, registry: &Registry, tree: &Tree) -> usize {
+    let primed = |key: &CertKey| registry.handed_over.contains(key);
+    let main_files = tree.certs.get(&None).cloned().unwrap_or_default();
+    let mut findings: Vec<(Finding, bool, Vec<String>)> = Vec::new();
+    for server in main.with_following().filter(stapling_switched_on) {
+        let own = tree.certs.get(&server.definition()).filter(|c| !c.files.is_empty());
+        let files = own.unwrap_or(&main_files);
+        let any_primed = registry.primed_servers.contains(&(server.as_ptr() as usize));
+        if files.files.is_empty() && !any_primed {
+            info!(
+                "vhost {}: Stapling is on, but mod_ssl handed over no certificate and no SSLCertificateFile \
+                 is set for it: its certificate comes from another module (mod_md staples with MDStapling on) \
+                 or SSL is off there",
+                server.label()
+            );
+        }
+        for finding in diagnose_files(&main, files, primed) {
+            match findings.iter_mut().find(|(f, _, _)| *f == finding) {
+                Some((_, none_primed, vhosts)) => {
+                    *none_primed &= !any_primed;
+                    vhosts.push(server.label());
+                }
+                None => findings.push((finding, !any_primed, vec![server.label()])),
+            }
+        }
+    }
+    for (finding, none_primed, vhosts) in &findings {
+        let Some(line) = finding.line(&bounded(vhosts)) else { continue };
+        match finding {
+            Finding::NoIssuer { .. } if *none_primed => error!("{line}"),
+            Finding::NoIssuer { .. } => warn!("{line}"),
+            _ => info!("{line}"),
+        }
+    }
+    findings.iter().filter(|(f, _, _)| f.is_missing_chain()).count()
+}
+
+/// Stapling is on for this server, in its own section.
+fn stapling_switched_on(s: &Server<'_>) -> bool {
+    s.config().is_some_and(|c| c.settings.effective(c.settings.compatibility()).enabled && c.settings.switch_in_vhost)
+}
+
+/// The findings for each certificate file (read as root, like mod_ssl does).
+fn diagnose_files(main: &Server<'_>, files: &CertFiles, primed: impl Fn(&CertKey) -> bool) -> Vec<Finding> {
+    let diagnose_one = |f: &String| {
+        let pem = std::fs::read(server_root_relative(main, f)).ok()?;
+        Some(diagnose::diagnose(&pem, f, files.chain_file, &primed))
+    };
+    files.files.iter().filter_map(diagnose_one).collect()
+}
+
+/// "OCSP stapling ready: 1 of 2", counting certificates mod_ssl could not hand over.
+/// The helper goes on fetching what it could not restore from disk.
+fn report_ready(stapled: usize, total: usize) {
+    if total > 0 {
+        let rest = if stapled < total { "; fetching the rest in the background" } else { "" };
+        info!("OCSP stapling ready: {stapled} of {total} certificates have a verified response{rest}");
     }
 }
 
@@ -318,9 +376,6 @@ fn run_startup_helper(runtime: &Arc<Runtime>, restart: bool) {
     if let Some(pid) = helper.pid {
         debug!("startup helper: pid {pid}");
     }
-    let (stapled, total) = (runtime.stapled_count(), runtime.certs.len());
-    let rest = if stapled < total { "; fetching the rest in the background" } else { "" };
-    info!("OCSP stapling ready: {stapled} of {total} certificates have a verified response{rest}");
 }
 
 /// In the helper: stops the startup pass once Apache is gone or a newer configuration

@@ -134,6 +134,13 @@ impl<'s> Server<'s> {
         format!("{}:{}", if host.is_empty() { "(unnamed)".into() } else { host }, port)
     }
 
+    /// Where a `<VirtualHost>` is defined (file, line); `None` for the main server.
+    pub(crate) fn definition(&self) -> Option<(String, u32)> {
+        let r = self.record();
+        // SAFETY: defn_name is NULL or a string in the configuration pool.
+        (self.is_virtual() && !r.defn_name.is_null()).then(|| (unsafe { text(r.defn_name) }, r.defn_line_number))
+    }
+
     /// The next server in Apache's list (the main server's list holds every vhost).
     pub(crate) fn next(&self) -> Option<Server<'s>> {
         // SAFETY: `next` is NULL or another server_rec of the same configuration.

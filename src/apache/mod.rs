@@ -9,6 +9,7 @@
 #![allow(unsafe_code)]
 
 mod boundary;
+mod conftree;
 mod ffi;
 mod generation;
 mod handles;
