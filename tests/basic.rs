@@ -293,3 +293,36 @@ fn compatibility_off_leaves_ssl_use_stapling_to_mod_ssl() {
     assert_eq!(responder.requests(), 1);
     assert!(!apache.error_log().contains("OCSP stapling ready"), "{}", apache.error_log());
 }
+
+#[test]
+fn a_vhost_whose_certificate_mod_md_provides_is_not_told_to_add_the_intermediate() {
+    let md = std::path::Path::new("/usr/lib/apache2/modules/mod_md.so");
+    if !md.exists() {
+        eprintln!("mod_md not installed: skipped");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // No SSLCertificateFile anywhere: mod_md hands mod_ssl its (fallback) certificate.
+    let mut opts = ApacheOptions::new("", "");
+    let port = free_port();
+    opts.port = Some(free_port());
+    opts.global_conf = format!(
+        "LoadModule md_module {}\nMDStoreDir {}\nMDCertificateAgreement accepted\n\
+         MDCertificateAuthority http://127.0.0.1:9/directory\nListen 127.0.0.1:{port} https\n\
+         MDomain md.example\n<VirtualHost 127.0.0.1:{port}>\nServerName md.example\nSSLEngine on\n\
+         Stapling on\n</VirtualHost>\n",
+        md.display(),
+        tmp.path().join("md").display()
+    );
+    let apache = Apache::start(opts).expect("apache");
+    let log = apache.error_log();
+    assert!(!log.contains("intermediate") && !log.contains("no issuer"), "{log}");
+    let line = log.lines().find(|l| l.contains("another module")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("[stapling:info]"), "{line}");
+    let expected = format!(
+        "vhost md.example:{port}: Stapling is on, but mod_ssl handed over no certificate and no \
+         SSLCertificateFile is set for it: its certificate comes from another module (mod_md staples with \
+         MDStapling on) or SSL is off there"
+    );
+    assert!(line.ends_with(&expected), "{line}");
+}
