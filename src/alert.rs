@@ -63,7 +63,7 @@ fn expiring(this_update: Option<UnixTime>, until: UnixTime, now: UnixTime) -> bo
 pub fn advice(failure: Failure) -> &'static str {
     match failure {
         Failure::Unreachable | Failure::Timeout => {
-            "check that this server can reach the responder (firewall, proxy, DNS)"
+            "check that this server can reach the responder: firewall, proxy, DNS"
         }
         Failure::HttpStatus(_) => "the responder is failing; it will be asked again",
         Failure::NotOcsp => "the URL does not serve OCSP: check the AIA URL or StaplingForceURL",
@@ -72,7 +72,7 @@ pub fn advice(failure: Failure) -> &'static str {
             "the responder does not serve this certificate: check the AIA URL or StaplingForceURL"
         }
         Failure::OcspStatus(_) => "the responder refused the request; it will be asked again",
-        Failure::Invalid(Invalid::Time) => "check this server's clock (or StaplingResponseTimeSkew)",
+        Failure::Invalid(Invalid::Time) => "check this server's clock, or StaplingResponseTimeSkew",
         Failure::Invalid(Invalid::Signature | Invalid::WrongCert) => {
             "check that the issuer in the chain file is the one that signed the certificate"
         }

@@ -90,11 +90,15 @@ fn assert_staples(fx: &Fixture, global: &str, vhost: &str) -> Apache {
     apache
 }
 
-/// Seconds in the "next refresh in Ns" of the first published response.
+/// Seconds from now to the "next refresh at <date> UTC" of the first published response.
 fn next_refresh_secs(apache: &Apache) -> i64 {
     let log = apache.error_log();
-    let after = log.split("next refresh in ").nth(1).unwrap_or_else(|| panic!("no refresh line:\n{log}"));
-    after.split('s').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{after}"))
+    let after = log.split("next refresh at ").nth(1).unwrap_or_else(|| panic!("no refresh line:\n{log}"));
+    let date = after.get(..23).unwrap_or_else(|| panic!("{after}"));
+    let out = std::process::Command::new("date").args(["-u", "-d", date, "+%s"]).output().unwrap();
+    let at: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{date}"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    at - now
 }
 
 #[test]

@@ -32,7 +32,7 @@ pub enum FetchError {
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FetchError::Unreachable(e) => write!(f, "cannot connect ({e})"),
+            FetchError::Unreachable(e) => write!(f, "transport error ({e})"),
             FetchError::Timeout => f.write_str("no answer within StaplingResponderTimeout"),
             FetchError::HttpStatus(code, text) if text.is_empty() => write!(f, "HTTP {code}"),
             FetchError::HttpStatus(code, text) => write!(f, "HTTP {code} {text}"),
