@@ -249,13 +249,32 @@ impl Runtime {
         Policy { time_skew: cert.settings.time_skew, max_age: cert.settings.max_age, nonce }
     }
 
+    /// Makes certificate `i` due at once, keeping its response until a new one comes.
+    fn fetch_again_now(&self, i: usize) {
+        let (cert, slot) = (&self.certs[i], self.slots[i]);
+        let Some(lease) = self.store.try_lease(slot, self.clock.now(), RESTORE_LEASE) else { return };
+        let state = self.store.state(slot);
+        if !self.store.holds(slot, &cert.info.key) {
+            self.store.abandon(lease);
+            return;
+        }
+        info!("{}: its stored response was removed; asking the responder again now", cert.info.label);
+        let _ = self.store.release(lease, Schedule { next_fetch: None, ..state.schedule() });
+    }
+
     /// Loads and re-validates the stored response for certificate `i` if the shared
     /// store has none. Runs unprivileged (in the startup helper). Returns true if a
     /// stored response was published.
     pub fn restore_from_disk(&self, i: usize) -> bool {
         let (cert, slot) = (&self.certs[i], self.slots[i]);
         let now = self.clock.now();
-        if self.disk.is_none() || self.store.state(slot).stapleable_at(now) {
+        let Some(disk) = &self.disk else { return false };
+        if self.store.state(slot).stapleable_at(now) {
+            // Removing the stored file and reloading is how an admin asks for a fresh
+            // response (README, "Force a refresh").
+            if !disk.path(&cert.info.key).exists() {
+                self.fetch_again_now(i);
+            }
             return false;
         }
         // A refresher of the previous generation may be publishing into this slot.

@@ -197,3 +197,21 @@ impl WithGlobal for ApacheOptions {
         self
     }
 }
+
+#[test]
+fn removing_the_stored_file_and_reloading_fetches_again() {
+    let s = Fixture::new("mode=good");
+    let apache = Apache::start(opts(&s, "")).expect("apache");
+    assert!(wait_until(Duration::from_secs(10), || !stored_files(&apache).is_empty()), "{}", apache.error_log());
+    let before = s.responder.requests();
+    let file = stored_files(&apache).pop().unwrap();
+    fs::remove_file(&file).unwrap();
+    apache.graceful();
+    assert!(
+        wait_until(Duration::from_secs(10), || s.responder.requests() > before && file.exists()),
+        "no new fetch after the stored file was removed and Apache reloaded:\n{}",
+        apache.error_log()
+    );
+    assert!(apache.error_log().contains("its stored response was removed; asking the responder again now"));
+    assert!(s.staple(&apache).stapled);
+}
