@@ -136,46 +136,9 @@ impl Drop for ValgrindApache {
     }
 }
 
-/// Loss records ("N bytes in M blocks are definitely lost ...") with their stacks.
-fn definitely_lost_records(log: &str) -> Vec<String> {
-    let mut records = Vec::new();
-    let mut cur: Option<String> = None;
-    for line in log.lines() {
-        // Strip the "==PID== " prefix.
-        let body = match line.strip_prefix("==") {
-            Some(rest) => rest.split_once("== ").map(|(_, b)| b).unwrap_or(""),
-            None => line,
-        };
-        if let Some(r) = cur.as_mut() {
-            if body.trim().is_empty() {
-                records.push(cur.take().unwrap());
-            } else {
-                r.push_str(body);
-                r.push('\n');
-            }
-            continue;
-        }
-        if body.contains("are definitely lost in loss record") {
-            cur = Some(format!("{body}\n"));
-        }
-    }
-    records.extend(cur);
-    records
-}
-
-/// Memcheck error records (invalid reads and writes, uninitialised values, bad frees)
-/// with their stacks, in the same "==PID== " format.
-fn memcheck_error_records(log: &str) -> Vec<String> {
-    const STARTS: [&str; 8] = [
-        "Invalid read",
-        "Invalid write",
-        "Invalid free",
-        "Mismatched free",
-        "uninitialised",
-        "Syscall param",
-        "Source and destination overlap",
-        "Argument 'size' of function",
-    ];
+/// Valgrind records (a first line for which `starts` holds, then its stack up to the
+/// next blank line), without the "==PID== " prefix.
+fn valgrind_records(log: &str, starts: impl Fn(&str) -> bool) -> Vec<String> {
     let mut records = Vec::new();
     let mut cur: Option<String> = None;
     for line in log.lines() {
@@ -189,12 +152,33 @@ fn memcheck_error_records(log: &str) -> Vec<String> {
             }
             continue;
         }
-        if STARTS.iter().any(|s| body.contains(s)) {
+        if starts(body) {
             cur = Some(format!("{body}\n"));
         }
     }
     records.extend(cur);
     records
+}
+
+/// Loss records ("N bytes in M blocks are definitely lost ...") with their stacks.
+fn definitely_lost_records(log: &str) -> Vec<String> {
+    valgrind_records(log, |body| body.contains("are definitely lost in loss record"))
+}
+
+/// Memcheck error records (invalid reads and writes, uninitialised values, bad frees)
+/// with their stacks.
+fn memcheck_error_records(log: &str) -> Vec<String> {
+    const STARTS: [&str; 8] = [
+        "Invalid read",
+        "Invalid write",
+        "Invalid free",
+        "Mismatched free",
+        "uninitialised",
+        "Syscall param",
+        "Source and destination overlap",
+        "Argument 'size' of function",
+    ];
+    valgrind_records(log, |body| STARTS.iter().any(|s| body.contains(s)))
 }
 
 fn mentions_module(record: &str) -> bool {
