@@ -180,6 +180,7 @@ mod tests {
             next_fetch: Some(t(7200)),
             failures,
             fetches: 1,
+            failed_fetches: 0,
             last_ok: Some(t(0)),
             produced_at: None,
             source: crate::store::Source::Responder,

@@ -59,6 +59,9 @@ fn per_certificate(out: &mut String, s: &Snapshot) {
     family(out, "mod_stapling_seconds_until_next_update", "gauge", help, &until);
     let fetches = per_cert(s, |r| Some(r.state.fetches.to_string()));
     family(out, "mod_stapling_fetches_total", "counter", "Requests made to the OCSP responder.", &fetches);
+    let failed = per_cert(s, |r| Some(r.state.failed_fetches.to_string()));
+    let help = "Requests to the OCSP responder that failed (unreachable, an error, or an invalid response).";
+    family(out, "mod_stapling_failed_fetches_total", "counter", help, &failed);
     let failures = per_cert(s, |r| Some(r.state.failures.to_string()));
     let help = "Consecutive failed requests to the responder (0 after a success).";
     family(out, "mod_stapling_consecutive_failures", "gauge", help, &failures);
@@ -160,6 +163,7 @@ mod tests {
         assert_eq!(find("mod_stapling_seconds_until_next_update", "1001"), Some(3.0 * 86_400.0));
         assert_eq!(find("mod_stapling_seconds_until_next_update", "ABCD"), None);
         assert_eq!(find("mod_stapling_fetches_total", "ABCD"), Some(4.0));
+        assert_eq!(find("mod_stapling_failed_fetches_total", "ABCD"), Some(1.0));
         assert_eq!(find("mod_stapling_last_error_timestamp_seconds", "ABCD"), Some((NOW - 5) as f64));
         let evil = samples.iter().find(|(n, l, _)| n == "mod_stapling_stapled" && l[1].1 == "ABCD").unwrap();
         assert_eq!(evil.1[0].1, s.rows[1].subject);

@@ -41,7 +41,7 @@ const H_HIGH_WATER: usize = 6;
 /// Words per slot: one page.
 const SLOT_WORDS: usize = 512;
 /// Per-slot metadata words before the inline DER payload.
-const META_WORDS: usize = 24;
+const META_WORDS: usize = 25;
 const W_SEQ: usize = 0;
 const W_KEY: usize = 1; // three words: 20-byte key, zero padded
 const W_IN_USE: usize = 4;
@@ -73,6 +73,8 @@ const W_LAST_ERROR: usize = 21;
 const W_SOURCE: usize = 22;
 /// The alert in force: when it was last logged (high bits) and its kind (low 8 bits).
 const W_ALERT: usize = 23;
+/// Requests to the responder that failed (a counter, like `W_FETCHES`).
+const W_FAILED_FETCHES: usize = 24;
 
 /// Largest DER held inline in a slot; typical responses (0.5–3 KiB) fit.
 pub const INLINE_DER_BYTES: usize = (SLOT_WORDS - META_WORDS) * 8;
@@ -566,7 +568,7 @@ impl<'a> SharedStore<'a> {
         for w in [W_IN_USE, W_DER_LEN, W_THIS_UPDATE, W_STAPLE_UNTIL, W_STATUS, W_NEXT_FETCH, W_FAILURES]
             .into_iter()
             .chain([W_FETCHES, W_NEXT_UPDATE, W_LAST_OK, W_PRODUCED_AT, W_LAST_ATTEMPT, W_LAST_ERROR_AT])
-            .chain([W_LAST_ERROR, W_SOURCE, W_ALERT])
+            .chain([W_LAST_ERROR, W_SOURCE, W_ALERT, W_FAILED_FETCHES])
             .chain(W_KEY..W_KEY + 3)
         {
             self.word(slot, w).store(0, Ordering::Relaxed);
@@ -731,6 +733,7 @@ impl<'a> SharedStore<'a> {
             next_fetch: time(W_NEXT_FETCH),
             failures: u32::try_from(load(W_FAILURES)).unwrap_or(u32::MAX),
             fetches: load(W_FETCHES),
+            failed_fetches: load(W_FAILED_FETCHES),
             last_ok: time(W_LAST_OK),
             produced_at: time(W_PRODUCED_AT),
             source: Source::from_word(load(W_SOURCE)),
@@ -794,6 +797,7 @@ impl<'a> SharedStore<'a> {
             if let Some(t) = schedule.attempted_at {
                 self.word(slot, W_LAST_ATTEMPT).store(t.to_word(), Ordering::Relaxed);
                 if let Some(failure) = schedule.failure {
+                    self.word(slot, W_FAILED_FETCHES).fetch_add(1, Ordering::Relaxed);
                     self.word(slot, W_LAST_ERROR).store(failure.to_word(), Ordering::Relaxed);
                     self.word(slot, W_LAST_ERROR_AT).store(t.to_word(), Ordering::Relaxed);
                 }
@@ -887,6 +891,8 @@ pub struct SlotState {
     pub failures: u32,
     /// Responder requests made for this slot.
     pub fetches: u64,
+    /// Of those, the ones that failed.
+    pub failed_fetches: u64,
     /// When the last good fetch happened.
     pub last_ok: Option<UnixTime>,
     /// producedAt of the published response.
@@ -1113,6 +1119,7 @@ mod tests {
         put(&s, 0, &good(b"ok", 11, 100), 20);
         let st = s.state(0);
         assert_eq!(st.last_error, Some((t(10), Failure::Timeout)));
+        assert_eq!(st.failed_fetches, 1);
         assert_eq!((st.source, st.last_ok), (Source::Responder, Some(t(20))));
     }
 
