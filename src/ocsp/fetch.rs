@@ -68,20 +68,23 @@ impl FetchError {
         if timed_out {
             return FetchError::Timeout;
         }
-        // ureq's Display repeats the kind as the message ("Network Error: Network
-        // Error"); say the kind once, then the underlying cause if there is one.
+        // ureq's Display repeats the kind ("Network Error: Network Error: ..."), also
+        // inside the cause; say the kind once, then what is left of the cause.
         let kind = t.kind().to_string();
-        match std::error::Error::source(t).map(|e| e.to_string()) {
-            Some(cause) if cause != kind => FetchError::Unreachable(format!("{kind}: {cause}")),
-            _ => FetchError::Unreachable(t.message().map_or(kind.clone(), |m| {
-                if m == kind {
-                    kind.clone()
-                } else {
-                    format!("{kind}: {m}")
-                }
-            })),
+        let detail = std::error::Error::source(t).map(|e| e.to_string()).or_else(|| t.message().map(str::to_string));
+        match detail.as_deref().map(|d| without_prefix(d, &kind)) {
+            Some(rest) if !rest.is_empty() && rest != kind => FetchError::Unreachable(format!("{kind}: {rest}")),
+            _ => FetchError::Unreachable(kind),
         }
     }
+}
+
+/// `text` without any number of leading "`kind`: " repetitions.
+fn without_prefix<'a>(mut text: &'a str, kind: &str) -> &'a str {
+    while let Some(rest) = text.strip_prefix(kind).and_then(|r| r.strip_prefix(": ")) {
+        text = rest;
+    }
+    text
 }
 
 fn is_timeout(kind: std::io::ErrorKind) -> bool {
@@ -140,6 +143,14 @@ mod tests {
         assert_eq!(e.failure(), Failure::Unreachable, "{e}");
         let text = e.to_string();
         assert!(!text.contains("Network Error: Network Error"), "{text}");
+    }
+
+    #[test]
+    fn a_repeated_kind_is_said_once() {
+        let kind = "Network Error";
+        let text = "Network Error: Network Error: Error encountered in the status line: reset";
+        assert_eq!(without_prefix(text, kind), "Error encountered in the status line: reset");
+        assert_eq!(without_prefix("Network Error", kind), "Network Error");
     }
 
     #[test]
