@@ -80,6 +80,12 @@ pub fn advice(failure: Failure) -> &'static str {
         Failure::NoUrl => "set StaplingForceURL, or switch stapling off for this certificate",
         Failure::NoIssuer => "add the issuer certificate to the chain",
         Failure::Store => "raise the StaplingCache size",
+        Failure::Proxy => {
+            "check that the proxy runs and lets this server reach the responder (StaplingProxy, http_proxy)"
+        }
+        Failure::Tls => {
+            "check the URL's host name, or add the CA of the responder's certificate with StaplingResponderCAFile"
+        }
     }
 }
 
@@ -88,6 +94,8 @@ pub fn advice(failure: Failure) -> &'static str {
 pub fn cause(failure: Failure) -> String {
     match failure {
         Failure::Unreachable => "the responder could not be reached".into(),
+        Failure::Proxy => "the proxy could not be reached or refused the request".into(),
+        Failure::Tls => "the TLS handshake with the responder failed".into(),
         Failure::Timeout => "the responder did not answer in time".into(),
         Failure::HttpStatus(code) => format!("the responder answered HTTP {code}"),
         Failure::OcspStatus(3) => "the responder answered tryLater".into(),

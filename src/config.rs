@@ -8,6 +8,9 @@
 use std::fmt;
 use std::time::Duration;
 
+pub use crate::ocsp::proxy::Proxy;
+pub use crate::ocsp::RequestMethod;
+
 /// Default seconds to wait for a responder.
 pub const DEFAULT_RESPONDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default tolerated clock skew.
@@ -60,6 +63,9 @@ pub enum Outcome {
     PassToModSsl,
     /// A mod_ssl directive that has no meaning for us; passed on, with an info line.
     IgnoredPassToModSsl(String),
+    /// A mod_ssl value we use differently (outside our range, or not a plain number);
+    /// passed on, with a warn line that names the value used.
+    AdjustedPassToModSsl(String),
 }
 
 /// When to refresh a response, relative to its validity period.
@@ -90,6 +96,8 @@ pub struct Settings {
     pub use_nonce: Option<bool>,
     /// `StaplingStartupWait` (no mod_ssl equivalent).
     pub startup_wait: Option<Duration>,
+    /// `StaplingRequestMethod` (no mod_ssl equivalent).
+    pub request_method: Option<RequestMethod>,
 }
 
 impl Settings {
@@ -104,6 +112,7 @@ impl Settings {
             renew_window: self.renew_window.or(base.renew_window),
             use_nonce: self.use_nonce.or(base.use_nonce),
             startup_wait: self.startup_wait.or(base.startup_wait),
+            request_method: self.request_method.or(base.request_method),
         }
     }
 }
@@ -119,6 +128,10 @@ pub struct GlobalSettings {
     pub store: Option<Option<String>>,
     /// `StaplingCompatibility`.
     pub compatibility: Option<bool>,
+    /// `StaplingProxy`: every responder request goes through it.
+    pub proxy: Option<Proxy>,
+    /// `StaplingResponderCAFile`: CAs trusted for https:// responders, besides the system's.
+    pub responder_ca_file: Option<String>,
 }
 
 /// A parsed `StaplingCache` / `SSLStaplingCache` argument.
@@ -162,6 +175,8 @@ pub struct Effective {
     pub use_nonce: bool,
     /// How long a handshake may wait for the certificate's first response.
     pub startup_wait: Duration,
+    /// GET, POST, or GET when small.
+    pub request_method: RequestMethod,
 }
 
 impl ServerConfig {
@@ -193,6 +208,7 @@ impl ServerConfig {
             renew_window: s.renew_window.unwrap_or(DEFAULT_RENEW_WINDOW),
             use_nonce: s.use_nonce.unwrap_or(false),
             startup_wait: s.startup_wait.unwrap_or(DEFAULT_STARTUP_WAIT),
+            request_method: s.request_method.unwrap_or_default(),
         }
     }
 
@@ -226,6 +242,17 @@ impl ServerConfig {
             "staplingrenewwindow" => self.own.renew_window = Some(parse_renew_window(name, arg)?),
             "staplingusenonce" => self.own.use_nonce = Some(parse_on_off(name, arg)?),
             "staplingstartupwait" => self.own.startup_wait = Some(parse_startup_wait(name, arg)?),
+            "staplingrequestmethod" => self.own.request_method = Some(parse_method(name, arg)?),
+            "staplingproxy" => {
+                global_only(name, ctx)?;
+                self.global.proxy =
+                    Some(Proxy::parse(arg, None).map_err(|e| ConfigError(format!("{name} '{}': {e}", shown(arg))))?);
+            }
+            "staplingrespondercafile" => {
+                global_only(name, ctx)?;
+                crate::ocsp::tls::read_ca_file(arg).map_err(|e| ConfigError(format!("{name}: {e}")))?;
+                self.global.responder_ca_file = Some(arg.to_string());
+            }
             "staplingcache" => {
                 global_only(name, ctx)?;
                 self.global.cache = Some(parse_cache(name, arg)?);
@@ -243,30 +270,48 @@ impl ServerConfig {
         Ok(Outcome::Handled)
     }
 
-    /// mod_ssl's directives. Those whose values we use are held to the same ranges as
-    /// our own twins (a value we cannot read exactly fails the config test rather than
-    /// being silently replaced by a default); mod_ssl parses every one of them as well.
+    /// mod_ssl's directives, which mod_ssl parses as well. Every value mod_ssl accepts
+    /// is accepted (mod_ssl reports the ones it refuses); where our range is narrower,
+    /// or the text is not a plain number, the value used is said in a warn line.
     fn apply_compat(&mut self, name: &str, rest: &str, arg: &str, ctx: Context) -> Result<Outcome, ConfigError> {
-        let lenient = |r: Result<(), ConfigError>| {
-            // mod_ssl reports bad values with its own message.
-            let _ = r;
-            Ok(Outcome::PassToModSsl)
-        };
+        let seconds = |min: u64, max: u64, what: &str| compat_seconds(name, arg, min, max, what);
         match rest {
-            "usestapling" => lenient(parse_on_off(name, arg).map(|v| self.compat.enabled = Some(v))),
-            "staplingrespondertimeout" => {
-                self.compat.responder_timeout = Some(parse_timeout(name, arg)?);
+            "usestapling" => {
+                if let Ok(v) = parse_on_off(name, arg) {
+                    self.compat.enabled = Some(v);
+                }
                 Ok(Outcome::PassToModSsl)
             }
+            "staplingrespondertimeout" => {
+                let (v, note) = seconds(1, MAX_RESPONDER_TIMEOUT_SECS, "responder timeout");
+                self.compat.responder_timeout = v.map(Duration::from_secs).or(self.compat.responder_timeout);
+                Ok(note.map_or(Outcome::PassToModSsl, Outcome::AdjustedPassToModSsl))
+            }
             "staplingresponsetimeskew" => {
-                self.compat.time_skew = Some(parse_skew(name, arg)?);
+                let (v, note) = seconds(0, MAX_SPAN_SECS, "time skew");
+                self.compat.time_skew = v.map(Duration::from_secs).or(self.compat.time_skew);
+                Ok(note.map_or(Outcome::PassToModSsl, Outcome::AdjustedPassToModSsl))
+            }
+            "staplingresponsemaxage" if arg == "-1" => {
+                self.compat.max_age = Some(None);
                 Ok(Outcome::PassToModSsl)
             }
             "staplingresponsemaxage" => {
-                self.compat.max_age = Some(parse_max_age(name, arg)?);
-                Ok(Outcome::PassToModSsl)
+                let (v, note) = seconds(1, MAX_SPAN_SECS, "maximum response age");
+                self.compat.max_age = v.map(|v| Some(Duration::from_secs(v))).or(self.compat.max_age);
+                Ok(note.map_or(Outcome::PassToModSsl, Outcome::AdjustedPassToModSsl))
             }
-            "staplingforceurl" => lenient(parse_url(name, arg).map(|v| self.compat.force_url = Some(v))),
+            "staplingforceurl" => match parse_url(name, arg) {
+                Ok(v) => {
+                    self.compat.force_url = Some(v);
+                    Ok(Outcome::PassToModSsl)
+                }
+                Err(_) => Ok(Outcome::AdjustedPassToModSsl(format!(
+                    "{name} '{}' is not an http:// or https:// URL: mod_stapling asks each certificate's own \
+                     OCSP responder instead",
+                    shown(arg)
+                ))),
+            },
             "staplingcache" => {
                 if ctx == Context::Global {
                     let _ = parse_cache(name, arg).map(|v| self.global.compat_cache = Some(v));
@@ -377,12 +422,72 @@ fn parse_max_age(name: &str, arg: &str) -> Result<Option<Duration>, ConfigError>
 }
 
 fn parse_url(name: &str, arg: &str) -> Result<String, ConfigError> {
+    let bad = || {
+        ConfigError(format!("{name}: expected an http:// or https:// URL of an OCSP responder, got '{}'", shown(arg)))
+    };
     let lower = arg.to_ascii_lowercase();
-    // OCSP is fetched over plain HTTP (RFC 6960 A.1): the response is signed.
-    match lower.strip_prefix("http://") {
-        Some(h) if !h.is_empty() && !h.starts_with('/') && !arg.contains(char::is_whitespace) => Ok(arg.to_string()),
-        _ => Err(ConfigError(format!("{name}: expected an http:// URL of an OCSP responder, got '{}'", shown(arg)))),
+    let rest = lower.strip_prefix("http://").or_else(|| lower.strip_prefix("https://")).ok_or_else(bad)?;
+    if rest.is_empty() || rest.starts_with('/') || arg.contains(char::is_whitespace) {
+        return Err(bad());
     }
+    url::Url::parse(arg).map_err(|_| bad())?;
+    Ok(arg.to_string())
+}
+
+fn parse_method(name: &str, arg: &str) -> Result<RequestMethod, ConfigError> {
+    match arg.to_ascii_lowercase().as_str() {
+        "auto" => Ok(RequestMethod::Auto),
+        "get" => Ok(RequestMethod::Get),
+        "post" => Ok(RequestMethod::Post),
+        _ => Err(ConfigError(format!("{name}: expected auto, get or post, got '{}'", shown(arg)))),
+    }
+}
+
+/// What C's `atoi` (mod_ssl's parser for these directives) reads from `arg`: leading
+/// blanks, a sign, then digits up to the first other character; 0 if there are none.
+fn atoi(arg: &str) -> i64 {
+    let t = arg.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let (negative, t) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let n = t
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .fold(0i64, |n, d| n.saturating_mul(10).saturating_add(i64::from(d - b'0')));
+    if negative {
+        -n
+    } else {
+        n
+    }
+}
+
+/// A mod_ssl seconds value, as mod_ssl reads it, held to `min..=max`. Returns the
+/// seconds to use (`None` if mod_ssl itself refuses the value: it says so) and, if the
+/// value used is not the one written, the warn line that says which it is.
+fn compat_seconds(name: &str, arg: &str, min: u64, max: u64, what: &str) -> (Option<u64>, Option<String>) {
+    let read = atoi(arg);
+    if read < 0 || read > i64::from(i32::MAX) {
+        return (None, None);
+    }
+    let read = read as u64;
+    let used = read.clamp(min, max);
+    let unit = |n: u64| if n == 1 { format!("{n} second") } else { format!("{n} seconds") };
+    let limit = if used == min { "shortest" } else { "longest" };
+    let note = match (digits(arg) == Some(read), used == read) {
+        (true, true) => None,
+        (true, false) => {
+            Some(format!("{name} {read}: mod_stapling uses {}, its {limit} {what}, for this setting", unit(used)))
+        }
+        (false, same) => Some(format!(
+            "{name} '{}' is not a whole number of seconds: mod_ssl reads it as {read}, and mod_stapling uses {}{}",
+            shown(arg),
+            unit(used),
+            if same { String::new() } else { format!(", its {limit} {what}") }
+        )),
+    };
+    (Some(used), note)
 }
 
 fn parse_renew_window(name: &str, arg: &str) -> Result<RenewWindow, ConfigError> {
@@ -614,15 +719,12 @@ mod tests {
         vhost.apply("SSLUseStapling", "on", Context::VirtualHost).unwrap();
         assert!(ServerConfig::merge(&base, &vhost).effective(true).enabled);
     }
-    /// Every numeric directive, ours and the mod_ssl twins we read, with the text of
-    /// its range as the error line gives it.
+    /// Every numeric directive of ours, with the text of its range as the error line
+    /// gives it. (mod_ssl's twins take whatever mod_ssl takes; see below.)
     const NUMERIC: &[(&str, &str)] = &[
         ("StaplingResponderTimeout", "from 1 to 300"),
-        ("SSLStaplingResponderTimeout", "from 1 to 300"),
         ("StaplingResponseTimeSkew", "from 0 to 2592000 (30 days)"),
-        ("SSLStaplingResponseTimeSkew", "from 0 to 2592000 (30 days)"),
         ("StaplingResponseMaxAge", "-1 (no limit) or a whole number of seconds from 1 to 2592000 (30 days)"),
-        ("SSLStaplingResponseMaxAge", "-1 (no limit) or a whole number of seconds from 1 to 2592000 (30 days)"),
         ("StaplingRenewWindow", "from 1% to 99% or a whole number of seconds from 1 to 2592000 (30 days)"),
         ("StaplingCache", "from 8192 to 68719476736 (64 GiB)"),
     ];
@@ -722,17 +824,88 @@ mod tests {
         }
     }
 
-    #[test]
-    fn compat_values_out_of_range_fail_the_config_test() {
+    /// Applies a mod_ssl directive; the warn line it gives, if any, and the effective values.
+    fn compat(name: &str, arg: &str) -> (Option<String>, Effective) {
         let mut c = ServerConfig::default();
-        let err = apply(&mut c, "SSLStaplingResponseTimeSkew", "9223372036854775807").unwrap_err();
-        assert!(err.0.starts_with("SSLStaplingResponseTimeSkew: expected"), "{err}");
-        assert_eq!(c, ServerConfig::default(), "nothing recorded");
+        let line = match apply(&mut c, name, arg).unwrap_or_else(|e| panic!("{name} {arg} refused: {e}")) {
+            Outcome::PassToModSsl => None,
+            Outcome::AdjustedPassToModSsl(line) => Some(line),
+            other => panic!("{name} {arg}: {other:?}"),
+        };
+        (line, c.effective(true))
+    }
+
+    #[test]
+    fn compat_values_beyond_our_range_are_clamped_and_said() {
+        let secs = Duration::from_secs;
+        type Check<'a> = dyn Fn(&Effective) -> bool + 'a;
+        let cases: &[(&str, &str, &str, &Check<'_>)] = &[
+            ("SSLStaplingResponderTimeout", "600", "uses 300 seconds", &|e| e.responder_timeout == secs(300)),
+            ("SSLStaplingResponderTimeout", "0", "uses 1 second", &|e| e.responder_timeout == secs(1)),
+            ("SSLStaplingResponderTimeout", "ten", "reads it as 0, and mod_stapling uses 1 second", &|e| {
+                e.responder_timeout == secs(1)
+            }),
+            ("SSLStaplingResponderTimeout", "5s", "reads it as 5, and mod_stapling uses 5 seconds", &|e| {
+                e.responder_timeout == secs(5)
+            }),
+            ("SSLStaplingResponseTimeSkew", "9999999", "uses 2592000 seconds", &|e| e.time_skew == secs(MAX_SPAN_SECS)),
+            ("SSLStaplingResponseMaxAge", "0", "uses 1 second", &|e| e.max_age == Some(secs(1))),
+            ("SSLStaplingResponseMaxAge", "2147483647", "uses 2592000 seconds", &|e| {
+                e.max_age == Some(secs(MAX_SPAN_SECS))
+            }),
+            ("SSLStaplingForceURL", "ftp://x/", "each certificate's own OCSP responder", &|e| e.force_url.is_none()),
+        ];
+        for (name, arg, says, check) in cases {
+            let (line, e) = compat(name, arg);
+            let line = line.unwrap_or_else(|| panic!("{name} {arg}: no warn line"));
+            assert!(line.starts_with(name) && line.contains(says), "{name} {arg}: {line}");
+            assert!(!line.contains('\n') && line.len() < 300, "one line: {line}");
+            assert!(check(&e), "{name} {arg}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn compat_values_in_our_range_are_quiet_and_mod_ssl_refusals_are_left_to_it() {
+        let (line, e) = compat("SSLStaplingResponderTimeout", "300");
+        assert_eq!((line, e.responder_timeout), (None, Duration::from_secs(300)));
+        let (line, e) = compat("SSLStaplingForceURL", "https://ocsp.example/");
+        assert_eq!((line, e.force_url.as_deref()), (None, Some("https://ocsp.example/")));
+        // mod_ssl refuses negatives itself ("invalid argument"): nothing recorded, no line.
+        for (name, arg) in [("SSLStaplingResponseTimeSkew", "-5"), ("SSLStaplingResponderTimeout", "99999999999")] {
+            let mut c = ServerConfig::default();
+            assert_eq!(apply(&mut c, name, arg), Ok(Outcome::PassToModSsl));
+            assert_eq!(c, ServerConfig::default(), "{name} {arg}");
+        }
         // SSLStaplingCache is mod_ssl's: its size is not ours to judge.
         assert!(matches!(
-            apply(&mut c, "SSLStaplingCache", "shmcb:/x(4000000000)"),
+            apply(&mut ServerConfig::default(), "SSLStaplingCache", "shmcb:/x(4000000000)"),
             Ok(Outcome::IgnoredPassToModSsl(_))
         ));
+    }
+
+    #[test]
+    fn atoi_reads_as_c_does() {
+        for (text, n) in [("5", 5), (" 5", 5), ("+5", 5), ("-5", -5), ("5s", 5), ("ten", 0), ("", 0), ("0x10", 0)] {
+            assert_eq!(atoi(text), n, "{text:?}");
+        }
+        assert_eq!(atoi("99999999999999999999999"), i64::MAX);
+    }
+
+    #[test]
+    fn reach_directives() {
+        let mut c = ServerConfig::default();
+        apply(&mut c, "StaplingProxy", "http://u:p@proxy.example:3128").unwrap();
+        assert_eq!(c.global.proxy.as_ref().unwrap().to_string(), "http://u:***@proxy.example:3128");
+        let err = apply(&mut c, "StaplingProxy", "proxy.example").unwrap_err();
+        assert!(err.0.contains("no port"), "{err}");
+        assert!(c.apply("StaplingProxy", "http://p:1", Context::VirtualHost).is_err(), "server-wide only");
+        apply(&mut c, "StaplingRequestMethod", "POST").unwrap();
+        assert_eq!(c.effective(true).request_method, RequestMethod::Post);
+        assert!(apply(&mut c, "StaplingRequestMethod", "put").is_err());
+        assert_eq!(ServerConfig::default().effective(true).request_method, RequestMethod::Auto);
+        let err = apply(&mut c, "StaplingResponderCAFile", "/nonexistent/ca.pem").unwrap_err();
+        assert!(err.0.starts_with("StaplingResponderCAFile: cannot read /nonexistent/ca.pem"), "{err}");
+        apply(&mut c, "StaplingForceURL", "https://ocsp.example:8443/").unwrap();
     }
 
     #[test]

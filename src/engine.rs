@@ -10,13 +10,13 @@ use crate::alert::{self, Kind, ALERT_EVERY};
 use crate::cert::{CertInfo, CertKey, KeyMap};
 use crate::config::Effective;
 use crate::failure::Failure;
-use crate::ocsp::{self, CertStatus, FetchError, Policy, Rejection, Verified};
+use crate::ocsp::{self, CertStatus, Exchange, FetchError, Policy, Rejection, Verified};
 use crate::refresh;
 use crate::store::{
     DiskStore, Lease, Publish, Published, Schedule, SharedStore, SlotStatus, Source, StapleBuffer, StoreError,
 };
 use crate::time::{Clock, UnixTime};
-use crate::transport::{Stop, Transport};
+use crate::transport::{HttpTransport, Stop, Transport};
 
 /// Fetches the startup helper runs at once.
 const STARTUP_PARALLELISM: usize = 32;
@@ -162,6 +162,8 @@ pub struct Runtime {
     pub clock: Arc<dyn Clock>,
     /// When this generation started (for the status handler).
     pub started: UnixTime,
+    /// How this generation reaches responders (proxy, TLS trust).
+    pub http: HttpTransport,
 }
 
 /// The result of one refresh attempt.
@@ -195,7 +197,7 @@ impl Runtime {
         let by_key = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
         let generation = store.bump_generation();
         let started = clock.now();
-        Ok(Runtime { store, certs, slots, by_key, disk, generation, clock, started })
+        Ok(Runtime { store, certs, slots, by_key, disk, generation, clock, started, http: HttpTransport::default() })
     }
 
     /// The handshake path: copy the stapleable response for `key` into `out`.
@@ -364,9 +366,13 @@ impl Runtime {
             ocsp::build_request(&cert.info, cert.settings.use_nonce).map_err(|e| (Failure::NoIssuer, e))?;
         self.store.count_fetch(slot);
         debug!("{}: asking {}", cert.info.label, cert.url);
-        let der = transport
-            .fetch(&cert.url, &request, cert.settings.responder_timeout)
-            .map_err(|e| (e.failure(), fetch_failed(&cert.url, &e)))?;
+        let exchange = Exchange {
+            url: cert.url.clone(),
+            request,
+            timeout: cert.settings.responder_timeout,
+            method: cert.settings.request_method,
+        };
+        let der = transport.fetch(&exchange).map_err(|e| (e.failure(), fetch_failed(&cert.url, &e)))?;
         let verified = ocsp::validate(&der, &cert.info, &Self::policy(cert, nonce), self.clock.now())
             .map_err(|e| (e.failure(), format!("response from {} rejected: {e}", cert.url)))?;
         Ok((der, verified))
@@ -378,7 +384,8 @@ impl Runtime {
         let cert = &self.certs[i];
         let now = self.clock.now();
         let skew = cert.settings.time_skew;
-        let plan = refresh::plan_success(v.this_update, v.next_update, now, skew, cert.settings.renew_window, jitter());
+        let limits = refresh::Limits { skew, max_age: cert.settings.max_age, window: cert.settings.renew_window };
+        let plan = refresh::plan_success(v.this_update, v.next_update, now, limits, jitter());
         let previous = self.store.state(lease.slot());
         let status = slot_status(v);
         let publish = Publish {
@@ -672,7 +679,7 @@ mod tests {
     }
 
     impl Transport for Scripted {
-        fn fetch(&self, _url: &str, _request: &[u8], _timeout: Duration) -> Result<Vec<u8>, FetchError> {
+        fn fetch(&self, _x: &Exchange) -> Result<Vec<u8>, FetchError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.answers.lock().unwrap().remove(0)
         }
@@ -954,7 +961,7 @@ mod tests {
     }
 
     impl Transport for Overtaken<'_> {
-        fn fetch(&self, _url: &str, _request: &[u8], _timeout: Duration) -> Result<Vec<u8>, FetchError> {
+        fn fetch(&self, _x: &Exchange) -> Result<Vec<u8>, FetchError> {
             self.clock.advance(HOUR);
             let slot = self.rt.slots[0];
             let lease = self.rt.store.try_lease(slot, self.clock.now(), Duration::from_secs(60)).expect("expired");
@@ -999,7 +1006,7 @@ mod tests {
     fn a_stopping_process_abandons_its_fetch_and_frees_the_lease() {
         struct Hang;
         impl Transport for Hang {
-            fn fetch(&self, _: &str, _: &[u8], _: Duration) -> Result<Vec<u8>, FetchError> {
+            fn fetch(&self, _: &Exchange) -> Result<Vec<u8>, FetchError> {
                 std::thread::sleep(Duration::from_secs(30));
                 Err(FetchError::Timeout)
             }
@@ -1102,9 +1109,10 @@ mod tests {
         let start = clock.now();
         assert_eq!(refresh(&rt, &Scripted::new(vec![Ok(good())])), Attempt::Published(SlotStatus::Good));
         let st = rt.store.state(rt.slots[0]);
-        assert_eq!(st.staple_until, st.next_update, "no skew");
+        let this_update = st.this_update.unwrap();
+        assert_eq!(st.staple_until, Some(this_update.plus(Duration::from_secs(1))), "max age 1 s, no skew");
         let wait = start.seconds_until(st.next_fetch.unwrap());
-        assert!((3600 - 120..=3600 + 120).contains(&wait), "a window wider than the validity: {wait}s");
+        assert!((5..=6).contains(&wait), "the max age brings the next fetch to the shortest interval: {wait}s");
         // A max age of 1 s (plus no skew) refuses the same response a few seconds later.
         clock.advance(Duration::from_secs(5));
         assert!(matches!(accept_stored(&good(), &rt.certs[0], clock.now()), Err(Rejection::TooOld(_))));

@@ -25,6 +25,10 @@ pub enum Failure {
     NoIssuer,
     /// The response could not be kept in the shared store.
     Store,
+    /// The HTTP proxy could not be reached, or refused the request.
+    Proxy,
+    /// The TLS certificate of an https:// responder did not verify, or TLS failed.
+    Tls,
 }
 
 /// Why a response was refused.
@@ -66,6 +70,8 @@ impl Failure {
             Failure::NoUrl => (7, 0),
             Failure::NoIssuer => (8, 0),
             Failure::Store => (9, 0),
+            Failure::Proxy => (10, 0),
+            Failure::Tls => (11, 0),
         };
         kind | (detail << 8)
     }
@@ -83,6 +89,8 @@ impl Failure {
             7 => Failure::NoUrl,
             8 => Failure::NoIssuer,
             9 => Failure::Store,
+            10 => Failure::Proxy,
+            11 => Failure::Tls,
             _ => return None,
         })
     }
@@ -107,6 +115,8 @@ impl fmt::Display for Failure {
             Failure::NoUrl => f.write_str("no OCSP responder URL"),
             Failure::NoIssuer => f.write_str("no issuer certificate"),
             Failure::Store => f.write_str("cannot keep the response in the shared store"),
+            Failure::Proxy => f.write_str("proxy failed"),
+            Failure::Tls => f.write_str("responder TLS failed"),
         }
     }
 }
@@ -128,6 +138,8 @@ mod tests {
             Failure::NoUrl,
             Failure::NoIssuer,
             Failure::Store,
+            Failure::Proxy,
+            Failure::Tls,
         ];
         for f in all {
             assert_ne!(f.to_word(), 0);

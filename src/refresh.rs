@@ -31,8 +31,41 @@ pub struct Plan {
     pub next_fetch: UnixTime,
 }
 
+/// The settings that bound a response's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `StaplingResponseTimeSkew`: tolerated past nextUpdate (and the max age).
+    pub skew: Duration,
+    /// `StaplingResponseMaxAge`: never staple once thisUpdate is older than this.
+    pub max_age: Option<Duration>,
+    /// `StaplingRenewWindow`.
+    pub window: RenewWindow,
+}
+
 /// Plans the life of a response fetched at `now`. `jitter` is uniform in [0, 1).
+///
+/// With a max age, the response ends (for stapling and for the renew window) at
+/// `thisUpdate + max age` if that comes before nextUpdate, so that a healthy responder
+/// replaces it before it may no longer be stapled.
 pub fn plan_success(
+    this_update: UnixTime,
+    next_update: Option<UnixTime>,
+    now: UnixTime,
+    limits: Limits,
+    jitter: f64,
+) -> Plan {
+    let aged_out = limits.max_age.map(|age| this_update.plus(age));
+    let plan = plan_validity(this_update, next_update, now, limits.skew, limits.window, jitter);
+    match aged_out {
+        Some(end) if end.plus(limits.skew) < plan.staple_until => {
+            let capped = plan_validity(this_update, Some(end), now, limits.skew, limits.window, jitter);
+            Plan { staple_until: end.plus(limits.skew), next_fetch: capped.next_fetch.min(plan.next_fetch) }
+        }
+        _ => plan,
+    }
+}
+
+fn plan_validity(
     this_update: UnixTime,
     next_update: Option<UnixTime>,
     now: UnixTime,
@@ -93,24 +126,53 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    fn plan(this: UnixTime, next: Option<UnixTime>, now: UnixTime, skew: Duration, w: RenewWindow, j: f64) -> Plan {
+        plan_success(this, next, now, Limits { skew, max_age: None, window: w }, j)
+    }
+
+    fn aged(max_age: u64, skew: u64) -> Limits {
+        Limits { skew: secs(skew), max_age: Some(secs(max_age)), window: RenewWindow::Percent(50) }
+    }
+
+    #[test]
+    fn a_max_age_ends_the_staple_and_brings_the_refresh_before_it() {
+        // A 7-day response with MaxAge 30 s and 5 s of skew, fetched when issued.
+        let p = plan_success(t(1000), Some(t(1000 + 7 * DAY)), t(1000), aged(30, 5), 0.0);
+        assert_eq!(p.staple_until, t(1035));
+        assert_eq!(p.next_fetch, t(1015), "half of the 30 s");
+        // Fetched 20 s after thisUpdate (a cached answer): refresh soon, still before the end.
+        let p = plan_success(t(1000), Some(t(1000 + 7 * DAY)), t(1020), aged(30, 5), 0.0);
+        assert_eq!(p.staple_until, t(1035));
+        assert!(p.next_fetch < t(1030) && p.next_fetch >= t(1020).plus(MIN_REFRESH_INTERVAL), "{p:?}");
+        // Without nextUpdate the max age bounds the day-long default too.
+        let p = plan_success(t(1000), None, t(1000), aged(900, 0), 0.0);
+        assert_eq!((p.staple_until, p.next_fetch), (t(1900), t(1450)));
+    }
+
+    #[test]
+    fn a_max_age_longer_than_the_validity_changes_nothing() {
+        let with = plan_success(t(0), Some(t(DAY)), t(0), aged(2 * DAY as u64, 300), 0.3);
+        assert_eq!(with, plan(t(0), Some(t(DAY)), t(0), secs(300), RenewWindow::Percent(50), 0.3));
+    }
+
     #[test]
     fn renews_at_half_validity_by_default() {
-        let p = plan_success(t(0), Some(t(7 * DAY)), t(60), secs(300), RenewWindow::Percent(50), 0.0);
+        let p = plan(t(0), Some(t(7 * DAY)), t(60), secs(300), RenewWindow::Percent(50), 0.0);
         assert_eq!(p.staple_until, t(7 * DAY + 300));
         assert_eq!(p.next_fetch, t(7 * DAY / 2));
     }
 
     #[test]
     fn jitter_only_brings_refresh_earlier_and_by_at_most_ten_percent() {
-        let a = plan_success(t(0), Some(t(DAY)), t(0), secs(0), RenewWindow::Percent(50), 0.0);
-        let b = plan_success(t(0), Some(t(DAY)), t(0), secs(0), RenewWindow::Percent(50), 0.999);
+        let a = plan(t(0), Some(t(DAY)), t(0), secs(0), RenewWindow::Percent(50), 0.0);
+        let b = plan(t(0), Some(t(DAY)), t(0), secs(0), RenewWindow::Percent(50), 0.999);
         assert!(b.next_fetch < a.next_fetch);
         assert!(b.next_fetch.seconds_until(a.next_fetch) <= 900);
     }
 
     #[test]
     fn fixed_window_in_seconds() {
-        let p = plan_success(t(0), Some(t(DAY)), t(0), secs(0), RenewWindow::Fixed(secs(3600)), 0.0);
+        let p = plan(t(0), Some(t(DAY)), t(0), secs(0), RenewWindow::Fixed(secs(3600)), 0.0);
         assert_eq!(p.next_fetch, t(DAY - 3600));
     }
 
@@ -118,22 +180,22 @@ mod tests {
     fn old_this_update_does_not_cause_a_fetch_loop() {
         // Validity 7 days, but thisUpdate 6 days ago: already inside the 50% window.
         let now = t(6 * DAY);
-        let p = plan_success(t(0), Some(t(7 * DAY)), now, secs(0), RenewWindow::Percent(50), 0.0);
+        let p = plan(t(0), Some(t(7 * DAY)), now, secs(0), RenewWindow::Percent(50), 0.0);
         assert_eq!(p.next_fetch, now.plus(secs(3600)));
-        let almost = plan_success(t(0), Some(t(100)), t(99), secs(0), RenewWindow::Percent(50), 0.0);
+        let almost = plan(t(0), Some(t(100)), t(99), secs(0), RenewWindow::Percent(50), 0.0);
         assert_eq!(almost.next_fetch, t(99).plus(MIN_REFRESH_INTERVAL));
     }
 
     #[test]
     fn missing_next_update_is_refreshed_hourly_and_stapled_for_a_day() {
-        let p = plan_success(t(1000), None, t(1000), secs(300), RenewWindow::Percent(50), 0.0);
+        let p = plan(t(1000), None, t(1000), secs(300), RenewWindow::Percent(50), 0.0);
         assert_eq!(p.next_fetch, t(1000 + 3600));
         assert_eq!(p.staple_until, t(1000 + DAY));
     }
 
     #[test]
     fn huge_skew_and_window_saturate_instead_of_wrapping() {
-        let p = plan_success(t(0), Some(t(DAY)), t(0), Duration::MAX, RenewWindow::Fixed(Duration::MAX), 0.5);
+        let p = plan(t(0), Some(t(DAY)), t(0), Duration::MAX, RenewWindow::Fixed(Duration::MAX), 0.5);
         assert_eq!(p.staple_until, t(i64::MAX));
         assert!(p.next_fetch >= t(0).plus(MIN_REFRESH_INTERVAL), "never in the past: {:?}", p.next_fetch);
     }
@@ -142,12 +204,12 @@ mod tests {
     fn thirty_days_of_skew_and_window_give_exact_times() {
         let month = secs(crate::config::MAX_SPAN_SECS);
         // A 7-day response, fetched when it was issued.
-        let p = plan_success(t(0), Some(t(7 * DAY)), t(0), month, RenewWindow::Fixed(month), 0.0);
+        let p = plan(t(0), Some(t(7 * DAY)), t(0), month, RenewWindow::Fixed(month), 0.0);
         assert_eq!(p.staple_until, t(37 * DAY), "nextUpdate plus 30 days");
         assert_eq!(p.next_fetch, t(3600), "a window wider than the validity refreshes an hour later");
-        let p = plan_success(t(0), Some(t(100 * DAY)), t(0), month, RenewWindow::Percent(99), 0.0);
+        let p = plan(t(0), Some(t(100 * DAY)), t(0), month, RenewWindow::Percent(99), 0.0);
         assert_eq!(p.next_fetch, t(DAY), "99%: refresh once 1% of the validity has passed");
-        let p = plan_success(t(0), Some(t(100 * DAY)), t(0), month, RenewWindow::Percent(1), 0.0);
+        let p = plan(t(0), Some(t(100 * DAY)), t(0), month, RenewWindow::Percent(1), 0.0);
         assert_eq!(p.next_fetch, t(99 * DAY));
     }
 
@@ -175,7 +237,7 @@ mod tests {
         for window in windows {
             for (this, next, now) in times {
                 for (skew, jitter) in [(secs(0), 0.0), (month, 0.999), (month, f64::NAN)] {
-                    let p = plan_success(this, next, now, skew, window, jitter);
+                    let p = plan(this, next, now, skew, window, jitter);
                     let case = format!("{window:?} {this:?} {next:?} {now:?} {skew:?}: {p:?}");
                     assert!(p.next_fetch >= now.plus(MIN_REFRESH_INTERVAL), "never at once: {case}");
                     match next.filter(|n| *n > this) {

@@ -6,24 +6,24 @@ use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::ocsp::{self, FetchError};
+use crate::ocsp::{Client, Exchange, FetchError};
 
 /// How often a waiting fetch looks at the stop signal.
 const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// Fetches the bytes of a response. The real one is HTTP; tests substitute their own.
 pub trait Transport: Send + Sync {
-    /// POSTs `request` to `url` within `timeout`.
-    fn fetch(&self, url: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>, FetchError>;
+    /// Sends one request to a responder and returns the response's bytes.
+    fn fetch(&self, x: &Exchange) -> Result<Vec<u8>, FetchError>;
 }
 
-/// HTTP/1.1 to the responder.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct HttpTransport;
+/// HTTP/1.1 to the responder, directly or through a proxy, over TLS for https://.
+#[derive(Default, Clone)]
+pub struct HttpTransport(pub Arc<Client>);
 
 impl Transport for HttpTransport {
-    fn fetch(&self, url: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>, FetchError> {
-        ocsp::fetch(url, request, timeout)
+    fn fetch(&self, x: &Exchange) -> Result<Vec<u8>, FetchError> {
+        self.0.fetch(x)
     }
 }
 
@@ -76,18 +76,18 @@ impl Abandonable {
 }
 
 impl Transport for Abandonable {
-    fn fetch(&self, url: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>, FetchError> {
+    fn fetch(&self, x: &Exchange) -> Result<Vec<u8>, FetchError> {
         let abandoned = || FetchError::Abandoned;
         if self.stop.requested() {
             return Err(abandoned());
         }
         let (tx, rx) = sync_channel(1);
-        let (inner, url_owned, request_owned) = (Arc::clone(&self.inner), url.to_owned(), request.to_vec());
+        let (inner, owned) = (Arc::clone(&self.inner), x.clone());
         let spawned = std::thread::Builder::new().name("stapling-fetch".into()).spawn(move || {
-            let _ = tx.send(inner.fetch(&url_owned, &request_owned, timeout));
+            let _ = tx.send(inner.fetch(&owned));
         });
         if spawned.is_err() {
-            return self.inner.fetch(url, request, timeout);
+            return self.inner.fetch(x);
         }
         loop {
             match rx.recv_timeout(STOP_POLL) {
@@ -107,11 +107,20 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
+    fn exchange(timeout_secs: u64) -> Exchange {
+        Exchange {
+            url: "http://x/".into(),
+            request: b"req".to_vec(),
+            timeout: Duration::from_secs(timeout_secs),
+            method: Default::default(),
+        }
+    }
+
     /// Answers after `delay`, like a responder that holds the connection.
     struct Slow(Duration);
 
     impl Transport for Slow {
-        fn fetch(&self, _url: &str, _request: &[u8], _timeout: Duration) -> Result<Vec<u8>, FetchError> {
+        fn fetch(&self, _x: &Exchange) -> Result<Vec<u8>, FetchError> {
             std::thread::sleep(self.0);
             Ok(b"late".to_vec())
         }
@@ -129,7 +138,7 @@ mod tests {
             })
         };
         let started = Instant::now();
-        let result = transport.fetch("http://x/", b"req", Duration::from_secs(60));
+        let result = transport.fetch(&exchange(60));
         assert!(result.is_err());
         assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
         stopper.join().unwrap();
@@ -138,7 +147,7 @@ mod tests {
     #[test]
     fn a_fetch_that_answers_returns_its_answer() {
         let transport = Abandonable::new(Arc::new(Slow(Duration::from_millis(10))), Stop::default());
-        assert_eq!(transport.fetch("http://x/", b"req", Duration::from_secs(5)).unwrap(), b"late");
+        assert_eq!(transport.fetch(&exchange(5)).unwrap(), b"late");
     }
 
     #[test]

@@ -15,6 +15,9 @@ use crate::cert::{CertInfo, CertKey};
 use crate::config::ServerConfig;
 use crate::diagnose::{self, Finding};
 use crate::engine::{bounded, ManagedCert, PrimeDecision, Registry, Runtime};
+use crate::ocsp::proxy::ProxyPolicy;
+use crate::ocsp::tls::read_ca_file;
+use crate::ocsp::Client;
 use crate::store::disk::RootPart;
 use crate::store::{DiskStore, Layout, SharedStore};
 use crate::time::SystemClock;
@@ -36,6 +39,7 @@ const STORE_GRACE: Duration = Duration::from_secs(7 * 86_400);
 struct Pass {
     registry: Registry,
     notes: Vec<String>,
+    compat_warnings: Vec<String>,
 }
 
 /// The pass of the configuration being read, in its config pool.
@@ -53,6 +57,12 @@ pub(super) fn note(pconf: Pool<'_>, line: String) {
             p.notes.push(line)
         }
     })
+}
+
+/// Remembers a line to warn about once at startup, if compatibility mode is on: a
+/// mod_ssl value used differently from how it is written.
+pub(super) fn compat_warning(pconf: Pool<'_>, line: String) {
+    with_pass(pconf, |p| p.compat_warnings.push(line))
 }
 
 /// Registers a certificate mod_ssl hands over for `server`; true if we staple it.
@@ -85,8 +95,12 @@ pub(super) struct StartFailed;
 pub(super) fn finish(main: Server<'_>) -> Result<(), StartFailed> {
     let pass = with_pass(main.config_pool(), std::mem::take);
     let tree = conftree::read();
-    report_load_order(main.config().is_none_or(|c| c.settings.compatibility()), &tree);
+    let compatibility = main.config().is_none_or(|c| c.settings.compatibility());
+    report_load_order(compatibility, &tree);
     pass.notes.iter().chain(pass.registry.no_url.iter().map(|(_, line)| line)).for_each(|n| info!("{n}"));
+    if compatibility {
+        pass.compat_warnings.iter().for_each(|w| warn!("{w}"));
+    }
     let unprimed = report_certificates(main, &pass.registry, &tree);
     let Some(runtime) = start_generation(&main, pass.registry)? else {
         report_ready(0, unprimed);
@@ -225,7 +239,10 @@ fn start_generation(main: &Server<'_>, registry: Registry) -> Result<Option<Arc<
     };
     let disk = disk_store(main, main_cfg);
     let runtime = match Runtime::new(store, certs, disk, Arc::new(SystemClock)) {
-        Ok(r) => Arc::new(r),
+        Ok(mut r) => {
+            r.http = HttpTransport(Arc::new(responder_client(main_cfg)));
+            Arc::new(r)
+        }
         Err(e) => {
             error!("{e}: cannot place every certificate; OCSP stapling is off until the next restart");
             return Ok(None);
@@ -233,6 +250,24 @@ fn start_generation(main: &Server<'_>, registry: Registry) -> Result<Option<Arc<
     };
     run_startup_helper(&runtime, is_restart());
     Ok(Some(runtime))
+}
+
+/// How responders are reached: the proxy (said at startup) and the extra CAs.
+fn responder_client(cfg: &ServerConfig) -> Client {
+    let (proxies, warnings) = ProxyPolicy::new(cfg.global.proxy.clone(), |var| std::env::var(var).ok());
+    warnings.iter().for_each(|w| warn!("{w}"));
+    if let Some(line) = proxies.describe() {
+        info!("{line}");
+    }
+    let cas = match cfg.global.responder_ca_file.as_deref().map(read_ca_file) {
+        Some(Ok(cas)) => cas,
+        Some(Err(e)) => {
+            error!("StaplingResponderCAFile: {e}; https:// responders are verified against the system's CAs only");
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    Client::new(proxies, cas)
 }
 
 /// The shared store's layout: sized from the certificates, and capped by the size in
@@ -355,7 +390,7 @@ fn run_startup_helper(runtime: &Arc<Runtime>, restart: bool) {
         let stop = Stop::default();
         std::thread::scope(|scope| {
             scope.spawn(|| stop_when_unwanted(runtime, apache, &stop));
-            let transport = Abandonable::new(Arc::new(HttpTransport), stop.clone());
+            let transport = Abandonable::new(Arc::new(runtime.http.clone()), stop.clone());
             runtime.startup_pass(restored, &transport, &stop);
             stop.request();
         });

@@ -85,6 +85,10 @@ pub unsafe extern "C" fn stapling_rs_cmd(
                 generation::note(pconf, note);
                 ffi::DECLINE_CMD.as_ptr().cast()
             }
+            Ok(Outcome::AdjustedPassToModSsl(line)) => {
+                generation::compat_warning(pconf, line);
+                ffi::DECLINE_CMD.as_ptr().cast()
+            }
             Err(e) => pconf.pstr(&e.to_string()),
         }
     })

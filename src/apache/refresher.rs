@@ -11,7 +11,7 @@ use log::error;
 use super::boundary::guard;
 use super::handles::Pool;
 use crate::engine::Runtime;
-use crate::transport::{Abandonable, HttpTransport, Stop};
+use crate::transport::{Abandonable, Stop};
 
 /// How often each child's refresher looks at the schedule.
 const REFRESH_TICK: Duration = Duration::from_secs(1);
@@ -49,7 +49,7 @@ pub(super) fn start(pchild: Pool<'_>, runtime: Arc<Runtime>) {
 }
 
 fn refresh_loop(runtime: &Runtime, stop: &Stop) {
-    let transport = Abandonable::new(Arc::new(HttpTransport), stop.clone());
+    let transport = Abandonable::new(Arc::new(runtime.http.clone()), stop.clone());
     while !runtime.superseded() {
         guard("refresh", (), || runtime.refresh_pass(&transport, stop));
         if stop.sleep(REFRESH_TICK) {
