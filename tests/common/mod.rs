@@ -450,6 +450,30 @@ impl Responder {
         r
     }
 
+    /// Like [`fixture`](Self::fixture), and also serves OCSP over TLS on
+    /// `tls_host:tls_port` with the chain file `cert` and its `key` (an https://
+    /// responder). Control and stats stay on the plain `port`.
+    pub fn fixture_tls(pki: &Pki, port: u16, tls_host: &str, tls_port: u16, cert: &Path, key: &Path) -> Responder {
+        let tmp = tempfile::Builder::new().prefix("stapling-resp.").tempdir().unwrap();
+        let (port_file, tls_port_file) = (tmp.path().join("port"), tmp.path().join("tls-port"));
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(manifest_dir().join("tests/fixtures/ocsp_responder.py"))
+            .arg("--pki")
+            .arg(&pki.dir)
+            .args(["--port", &port.to_string(), "--tls-host", tls_host, "--tls-port", &tls_port.to_string()])
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--tls-port-file")
+            .arg(&tls_port_file)
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key);
+        let mut r = Self::spawn(cmd, tmp, port, ResponderKind::Fixture);
+        r.wait_ready(move || port_file.exists() && tls_port_file.exists());
+        r
+    }
+
     /// Starts `openssl ocsp` as responder for `DIR/index.txt`, signing with
     /// the issuer key, and waits (15 s) until it listens.
     ///
