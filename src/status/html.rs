@@ -93,6 +93,9 @@ fn certificate(out: &mut String, now: UnixTime, row: &Row) {
     tr(out, "Responder requests", "", &st.fetches.to_string());
     tr(out, "Next refresh", "", &when(now, st.next_fetch, "due now"));
     tr(out, "Must-staple", "", if row.must_staple { "yes" } else { "no" });
+    let age_limit = row.max_age.map(|d| format!("{} after thisUpdate (StaplingResponseMaxAge)", crate::time::span(d)));
+    tr(out, "Age limit", "", &age_limit.unwrap_or_else(|| "none".into()));
+    tr(out, "Stapled until", "", &when(now, st.staple_until, "none"));
     out.push_str("</table>\n");
 }
 

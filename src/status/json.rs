@@ -61,6 +61,7 @@ fn certificate(now: UnixTime, row: &Row) -> String {
         ("vhosts", format!("[{}]", vhosts.join(","))),
         ("responder", string(&row.url)),
         ("must_staple", row.must_staple.to_string()),
+        ("max_age", row.max_age.map_or_else(|| "null".into(), |d| d.as_secs().to_string())),
         ("status", string(row.status(now))),
         ("stapled", row.stapled(now).to_string()),
         ("this_update", time(st.this_update)),
@@ -118,6 +119,8 @@ mod tests {
         assert_eq!(evil["next_update"], Value::Null);
         assert_eq!(evil["consecutive_failures"], 4);
         assert_eq!(evil["must_staple"], true);
+        assert_eq!(evil["max_age"], 900);
+        assert_eq!(good["max_age"], Value::Null);
         assert_eq!(evil["last_fetch_outcome"], "failed");
     }
 

@@ -39,6 +39,8 @@ pub struct Row {
     pub url: String,
     /// The certificate requires a staple (RFC 7633 TLS Feature).
     pub must_staple: bool,
+    /// `StaplingResponseMaxAge`: never stapled once thisUpdate is older (plus skew).
+    pub max_age: Option<std::time::Duration>,
     /// The slot's state, read from the shared store.
     pub state: SlotState,
 }
@@ -89,6 +91,7 @@ impl Row {
             vhosts: cert.vhosts.clone(),
             url: cert.url.clone(),
             must_staple: cert.info.must_staple,
+            max_age: cert.settings.max_age,
             state: runtime.store.state(runtime.slots[i]),
         }
     }
@@ -274,6 +277,7 @@ pub(crate) mod tests {
             vhosts: vec!["www.example.org:443".into()],
             url: "http://ocsp.example.org/".into(),
             must_staple: false,
+            max_age: None,
             state: good_state(),
         };
         let empty = SlotState {
@@ -299,6 +303,7 @@ pub(crate) mod tests {
             vhosts: vec!["a:443".into(), "b\"'<>:8443".into()],
             url: "http://r.example/?a=1&b=<2>".into(),
             must_staple: true,
+            max_age: Some(std::time::Duration::from_secs(900)),
             state: empty,
         };
         Snapshot {
