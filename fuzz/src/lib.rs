@@ -126,15 +126,24 @@ pub fn check_verified(v: &Verified, policy: &Policy, now: UnixTime) {
 /// nextUpdate plus the skew.
 pub fn check_plan(this_update: UnixTime, next_update: Option<UnixTime>, settings: &Effective, now: UnixTime) {
     for jitter in [0.0, 0.5, 0.999_999] {
-        let p = refresh::plan_success(this_update, next_update, now, settings.time_skew, settings.renew_window, jitter);
+        let limits =
+            refresh::Limits { skew: settings.time_skew, max_age: settings.max_age, window: settings.renew_window };
+        let p = refresh::plan_success(this_update, next_update, now, limits, jitter);
         let case = || format!("{this_update:?} {next_update:?} {now:?} {settings:?}: {p:?}");
         assert!(p.next_fetch >= now.plus(MIN_REFRESH_INTERVAL), "{}", case());
+        // The max age ends the staple early, never late.
+        let aged_out = settings.max_age.map(|age| this_update.plus(age).plus(settings.time_skew));
         match next_update.filter(|n| *n > this_update) {
             Some(n) => {
-                assert_eq!(p.staple_until, n.plus(settings.time_skew), "{}", case());
+                let end = n.plus(settings.time_skew);
+                assert_eq!(p.staple_until, aged_out.map_or(end, |a| a.min(end)), "{}", case());
                 assert!(p.next_fetch <= n.max(now.plus(Duration::from_secs(3600))), "{}", case());
             }
-            None => assert!(p.next_fetch <= now.plus(NO_NEXT_UPDATE_REFRESH), "{}", case()),
+            None => {
+                assert!(p.next_fetch <= now.plus(NO_NEXT_UPDATE_REFRESH), "{}", case());
+                let day_long = this_update.max(now).plus(refresh::NO_NEXT_UPDATE_LIFETIME);
+                assert!(aged_out.is_none_or(|a| p.staple_until == a.min(day_long)), "{}", case());
+            }
         }
     }
 }

@@ -92,9 +92,25 @@ impl ReadWrite for TlsStream {
     }
 }
 
-/// Reads the certificates of a PEM file (`StaplingResponderCAFile`).
+/// Largest `StaplingResponderCAFile`: far above a full system bundle (about 200 KiB).
+const MAX_CA_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads the certificates of a PEM file (`StaplingResponderCAFile`): a regular file, at
+/// most 16 MiB, holding at least one certificate.
 pub fn read_ca_file(path: &str) -> Result<Vec<X509>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: opening a FIFO named by mistake must not hang `apachectl -t`.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read {path}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read {path}: {e}"))?;
+    if !meta.is_file() || meta.len() > MAX_CA_FILE_BYTES {
+        return Err(format!("{path} is not a regular file of at most {MAX_CA_FILE_BYTES} bytes"));
+    }
+    let mut pem = Vec::new();
+    file.take(MAX_CA_FILE_BYTES).read_to_end(&mut pem).map_err(|e| format!("cannot read {path}: {e}"))?;
     let certs = X509::stack_from_pem(&pem).map_err(|e| format!("{path} is not a PEM certificate file: {e}"))?;
     if certs.is_empty() {
         return Err(format!("{path} holds no PEM certificate"));
