@@ -52,6 +52,10 @@ fn main() {
         .allowlist_function("apr_pstrmemdup|apr_palloc|ap_check_cmd_context|ap_find_linked_module")
         .allowlist_function("ap_mpm_query|ap_server_root_relative|ap_state_query|ap_ssl_add_cert_files|apr_array_make")
         .allowlist_function("ap_ssl_var_lookup")
+        // The fleet tier: Apache's socache providers, and a pool per call.
+        .allowlist_type("ap_socache_provider_t|ap_socache_instance_t|ap_socache_hints")
+        .allowlist_function("ap_lookup_provider|apr_pool_create_unmanaged_ex|apr_pool_destroy")
+        .allowlist_var("AP_SOCACHE_FLAG_NOTMPSAFE")
         // The status handler and server-status section: the request and its output.
         .allowlist_type("request_rec")
         .allowlist_function("ap_rwrite|ap_set_content_type")

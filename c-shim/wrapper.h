@@ -8,6 +8,8 @@
 #include <http_protocol.h>
 #include <mod_status.h>
 #include <ap_mpm.h>
+#include <ap_provider.h>
+#include <ap_socache.h>
 #include <unixd.h>
 #include <apr_pools.h>
 #include <apr_strings.h>

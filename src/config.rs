@@ -141,6 +141,33 @@ pub struct CacheSpec {
     pub provider: String,
     /// Size in bytes, when given as `(N)`.
     pub size: Option<usize>,
+    /// Everything after `TYPE:`, e.g. `127.0.0.1:11211` for memcache.
+    pub args: String,
+}
+
+/// socache providers shared between machines: as `StaplingCache` (or, in compatibility
+/// mode, `SSLStaplingCache`) they become the fleet tier.
+pub const FLEET_PROVIDERS: &[&str] = &["memcache", "redis", "dc"];
+
+impl CacheSpec {
+    /// True for a provider shared between machines (the fleet tier).
+    pub fn is_shared(&self) -> bool {
+        FLEET_PROVIDERS.contains(&self.provider.as_str())
+    }
+
+    /// `TYPE:ARGS` as written (lower-case type).
+    pub fn describe(&self) -> String {
+        if self.args.is_empty() {
+            self.provider.clone()
+        } else {
+            format!("{}:{}", self.provider, self.args)
+        }
+    }
+
+    /// The module an admin loads for this provider.
+    pub fn module(&self) -> String {
+        format!("socache_{0}_module (LoadModule socache_{0}_module modules/mod_socache_{0}.so)", self.provider)
+    }
 }
 
 /// The whole configuration of one server record.
@@ -219,7 +246,15 @@ impl ServerConfig {
 
     /// The `StaplingCache` spec that caps the shared store (`SSLStaplingCache` does not).
     pub fn cache_spec(&self) -> Option<&CacheSpec> {
-        self.global.cache.as_ref()
+        self.global.cache.as_ref().filter(|c| !c.is_shared())
+    }
+
+    /// The fleet tier: `StaplingCache memcache:…`/`redis:…`, else in compatibility mode
+    /// the same in `SSLStaplingCache` (what the admin asked mod_ssl to share).
+    pub fn fleet_spec(&self) -> Option<&CacheSpec> {
+        let own = self.global.cache.as_ref().filter(|c| c.is_shared());
+        let compat = self.global.compat_cache.as_ref().filter(|c| c.is_shared() && self.compatibility());
+        own.or(compat)
     }
 
     /// Apply one directive. `name` is matched case-insensitively, as Apache does. `arg`
@@ -313,8 +348,18 @@ impl ServerConfig {
                 ))),
             },
             "staplingcache" => {
-                if ctx == Context::Global {
-                    let _ = parse_cache(name, arg).map(|v| self.global.compat_cache = Some(v));
+                let parsed = parse_cache(name, arg).ok().filter(|_| ctx == Context::Global);
+                if let Some(spec) = parsed.as_ref().filter(|c| c.is_shared()) {
+                    let shared = format!(
+                        "{name} {}: mod_stapling shares responses through it too (the fleet tier), \
+                         unless StaplingCompatibility is Off",
+                        spec.describe()
+                    );
+                    self.global.compat_cache = parsed;
+                    return Ok(Outcome::IgnoredPassToModSsl(shared));
+                }
+                if parsed.is_some() {
+                    self.global.compat_cache = parsed;
                 }
                 // Its size was chosen for mod_ssl's cache format: capping our store by
                 // it could drop certificates from a config that worked before.
@@ -548,7 +593,7 @@ fn parse_cache(name: &str, arg: &str) -> Result<CacheSpec, ConfigError> {
         (None, Some(_)) => return Err(bad("unbalanced parentheses")),
         _ => None,
     };
-    Ok(CacheSpec { provider, size })
+    Ok(CacheSpec { provider, size, args: args.to_string() })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::alert::{self, Kind, ALERT_EVERY};
 use crate::cert::{CertInfo, CertKey, KeyMap};
 use crate::config::Effective;
 use crate::failure::Failure;
+use crate::fleet::{self, FleetTier, TierError};
 use crate::ocsp::{self, CertStatus, Exchange, FetchError, Policy, Rejection, Verified};
 use crate::refresh;
 use crate::store::{
@@ -164,6 +165,36 @@ pub struct Runtime {
     pub started: UnixTime,
     /// How this generation reaches responders (proxy, TLS trust).
     pub http: HttpTransport,
+    /// The tier shared with other servers, if one is configured.
+    pub fleet: Option<Fleet>,
+}
+
+/// The fleet tier of a generation, and this server's name as a fleet lease holder.
+pub struct Fleet {
+    /// The shared tier (Apache's socache provider in production).
+    pub tier: Arc<dyn FleetTier>,
+    holder_base: String,
+}
+
+impl Fleet {
+    /// Uses `tier`; every process of this server holds fleet leases under its own name.
+    pub fn new(tier: Arc<dyn FleetTier>) -> Fleet {
+        Fleet { tier, holder_base: fleet::holder_base() }
+    }
+
+    /// This process's name: the children and the helper fork from one parent.
+    fn holder(&self) -> String {
+        format!("{}:{}", self.holder_base, std::process::id())
+    }
+}
+
+/// What the fleet tier says about a due refresh.
+enum FleetStep {
+    /// Handled without the responder: a response was taken from the tier, or another
+    /// server is fetching and this one waits for its result.
+    Done(Attempt),
+    /// Ask the responder (this process holds the fleet lease, or the tier is down).
+    Fetch(Lease),
 }
 
 /// The result of one refresh attempt.
@@ -182,6 +213,8 @@ pub enum Attempt {
     LostLease,
     /// This process is stopping: the fetch was abandoned.
     Stopped,
+    /// Another server holds the fleet lease: its result is awaited from the tier.
+    WaitingForFleet,
 }
 
 impl Runtime {
@@ -197,7 +230,8 @@ impl Runtime {
         let by_key = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
         let generation = store.bump_generation();
         let started = clock.now();
-        Ok(Runtime { store, certs, slots, by_key, disk, generation, clock, started, http: HttpTransport::default() })
+        let http = HttpTransport::default();
+        Ok(Runtime { store, certs, slots, by_key, disk, generation, clock, started, http, fleet: None })
     }
 
     /// The handshake path: copy the stapleable response for `key` into `out`.
@@ -288,7 +322,7 @@ impl Runtime {
         match self.load_stored(i) {
             Some((der, verified)) => {
                 let failures = self.store.state(slot).failures;
-                matches!(self.publish(i, lease, &der, &verified, failures, false), Attempt::Published(_))
+                matches!(self.publish(i, lease, &der, &verified, failures, Source::Disk), Attempt::Published(_))
             }
             None => {
                 self.store.abandon(lease);
@@ -345,14 +379,135 @@ impl Runtime {
             self.store.abandon(lease);
             return Attempt::Skipped;
         }
+        let lease = match self.consult_fleet(i, lease) {
+            FleetStep::Done(attempt) => return attempt,
+            FleetStep::Fetch(lease) => lease,
+        };
         match self.fetch_and_validate(cert, slot, transport) {
             _ if stop.requested() => {
                 // Let another process take over at once rather than after the lease.
                 self.store.abandon(lease);
                 Attempt::Stopped
             }
-            Ok((der, verified)) => self.publish(i, lease, &der, &verified, 0, true),
+            Ok((der, verified)) => {
+                let attempt = self.publish(i, lease, &der, &verified, 0, Source::Responder);
+                if attempt == Attempt::Published(slot_status(&verified)) {
+                    self.share_with_fleet(i, &der);
+                }
+                attempt
+            }
             Err((failure, why)) => self.record_failure(i, lease, state.failures, failure, why),
+        }
+    }
+
+    /// Before asking the responder: take a newer valid response from the fleet tier,
+    /// or wait while another server fetches one, or take the fleet lease and fetch.
+    fn consult_fleet(&self, i: usize, lease: Lease) -> FleetStep {
+        let cert = &self.certs[i];
+        // A nonce is for this server's request alone: such responses are not shared.
+        let Some(fleet) = self.fleet.as_ref().filter(|_| !cert.settings.use_nonce) else {
+            return FleetStep::Fetch(lease);
+        };
+        let keys = fleet::Keys::of(&cert.info);
+        let shared = match self.tier_call(fleet, || fleet.tier.get(&keys.response)) {
+            Some(found) => found,
+            None => return FleetStep::Fetch(lease),
+        };
+        if let Some(bytes) = shared {
+            match accept_stored(&bytes, cert, self.clock.now()) {
+                Ok(v) if self.is_newer(i, &v) => {
+                    let failures = self.store.state(lease.slot()).failures;
+                    return FleetStep::Done(self.publish(i, lease, &bytes, &v, failures, Source::Fleet));
+                }
+                Ok(_) => {}
+                Err(why) => warn!(
+                    "fleet tier {}: the shared response for {} is not usable ({why}); it is replaced once \
+                     a valid one is fetched",
+                    fleet.tier.describe(),
+                    cert.describe()
+                ),
+            }
+        }
+        self.take_fleet_lease(i, lease, fleet, &keys)
+    }
+
+    /// True if `v` should replace what certificate `i`'s slot holds now.
+    fn is_newer(&self, i: usize, v: &Verified) -> bool {
+        let state = self.store.state(self.slots[i]);
+        let revoked_over_good = matches!(v.status, CertStatus::Revoked { .. }) && state.status == SlotStatus::Good;
+        !state.stapleable_at(self.clock.now())
+            || state.this_update.is_none_or(|t| v.this_update > t)
+            || revoked_over_good
+    }
+
+    /// Writes this process's fleet lease and reads it back; fetch if it stuck, else wait
+    /// for the holder's result (a rare race costs one extra request, never a miss).
+    fn take_fleet_lease(&self, i: usize, lease: Lease, fleet: &Fleet, keys: &fleet::Keys) -> FleetStep {
+        let now = self.clock.now();
+        let me = fleet.holder();
+        let held = match self.tier_call(fleet, || fleet.tier.get(&keys.lease)) {
+            Some(held) => held.and_then(|b| fleet::LeaseEntry::decode(&b)),
+            None => return FleetStep::Fetch(lease),
+        };
+        if held.is_some_and(|h| h.held_by_other(&me, now)) {
+            return FleetStep::Done(self.wait_for_fleet(lease));
+        }
+        let lease_for = self.certs[i].settings.responder_timeout.saturating_add(LEASE_SLACK);
+        let mine = fleet::LeaseEntry { holder: me.clone(), until: now.plus(lease_for) };
+        let stuck = self
+            .tier_call(fleet, || fleet.tier.put(&keys.lease, &mine.encode(), mine.until))
+            .and_then(|()| self.tier_call(fleet, || fleet.tier.get(&keys.lease)));
+        match stuck {
+            Some(Some(b)) if fleet::LeaseEntry::decode(&b).is_some_and(|e| e.holder != me) => {
+                FleetStep::Done(self.wait_for_fleet(lease))
+            }
+            _ => FleetStep::Fetch(lease),
+        }
+    }
+
+    /// Another server is fetching: look in the tier again shortly.
+    fn wait_for_fleet(&self, lease: Lease) -> Attempt {
+        let state = self.store.state(lease.slot());
+        let wait = fleet::FLEET_WAIT.mul_f64(1.0 + jitter());
+        let schedule = Schedule { next_fetch: Some(self.clock.now().plus(wait)), ..state.schedule() };
+        let _ = self.store.release(lease, schedule);
+        Attempt::WaitingForFleet
+    }
+
+    /// After a fetch: the response for the other servers, and the fleet lease let go.
+    fn share_with_fleet(&self, i: usize, der: &[u8]) {
+        let Some(fleet) = self.fleet.as_ref().filter(|_| !self.certs[i].settings.use_nonce) else { return };
+        let keys = fleet::Keys::of(&self.certs[i].info);
+        let Some(until) = self.store.state(self.slots[i]).staple_until else { return };
+        if self.tier_call(fleet, || fleet.tier.put(&keys.response, der, until)).is_some() {
+            let _ = self.tier_call(fleet, || fleet.tier.remove(&keys.lease));
+        }
+    }
+
+    /// One call into the tier; `None` if it failed. The first failure and the first
+    /// success after it are said once for the whole server.
+    fn tier_call<T>(&self, fleet: &Fleet, call: impl FnOnce() -> Result<T, TierError>) -> Option<T> {
+        match call() {
+            Ok(v) => {
+                if self.store.mark_fleet_down(false) {
+                    warn!(
+                        "fleet tier {} answers again: responses are shared with the fleet again",
+                        fleet.tier.describe()
+                    );
+                }
+                Some(v)
+            }
+            Err(e) => {
+                if self.store.mark_fleet_down(true) {
+                    warn!(
+                        "fleet tier {} is unreachable ({e}): this server keeps stapling from its own store and asks \
+                         the responder itself until it answers again; check that it runs and that this server \
+                         reaches it",
+                        fleet.tier.describe()
+                    );
+                }
+                None
+            }
         }
     }
 
@@ -379,8 +534,9 @@ impl Runtime {
     }
 
     /// Publishes a validated response under `lease`, schedules the next fetch and
-    /// releases the lease. `fresh` is false for a response restored from disk.
-    fn publish(&self, i: usize, lease: Lease, der: &[u8], v: &Verified, failures: u32, fresh: bool) -> Attempt {
+    /// releases the lease. `source` says where the response came from.
+    fn publish(&self, i: usize, lease: Lease, der: &[u8], v: &Verified, failures: u32, source: Source) -> Attempt {
+        let fresh = source == Source::Responder;
         let cert = &self.certs[i];
         let now = self.clock.now();
         let skew = cert.settings.time_skew;
@@ -395,7 +551,7 @@ impl Runtime {
             next_update: v.next_update,
             staple_until: plan.staple_until,
             produced_at: v.produced_at,
-            source: if fresh { Source::Responder } else { Source::Disk },
+            source,
         };
         let outcome = match self.store.publish(&lease, &publish, now) {
             Ok(Published::Replaced) => Attempt::Published(status),
@@ -415,13 +571,13 @@ impl Runtime {
         }
         match outcome {
             Attempt::Published(_) => {
-                if fresh {
+                if source != Source::Disk {
                     self.save_to_disk(cert, der);
                 }
-                if fresh {
-                    self.log_published(cert, v, &previous, plan.next_fetch);
-                } else {
-                    self.log_restored(cert, v, plan.next_fetch);
+                match source {
+                    Source::Responder => self.log_published(cert, v, &previous, plan.next_fetch),
+                    Source::Fleet => self.log_from_fleet(cert, v, &previous, plan.next_fetch),
+                    _ => self.log_restored(cert, v, plan.next_fetch),
                 }
                 if der.len() > MAX_TLS12_STAPLE && previous.status == SlotStatus::Empty {
                     warn!(
@@ -485,6 +641,26 @@ impl Runtime {
 
     /// A response restored from disk: say until when it is stapled and when the
     /// responder is asked next (often hours away, inside the response's validity).
+    fn log_from_fleet(&self, cert: &ManagedCert, v: &Verified, previous: &crate::store::SlotState, next: UnixTime) {
+        if let CertStatus::Revoked { .. } = v.status {
+            if previous.status != SlotStatus::Revoked {
+                error!(
+                    "{} is REVOKED according to the response shared by the fleet tier: stapling it",
+                    cert.describe()
+                );
+            }
+            return;
+        }
+        let until = v.next_update.map_or_else(String::new, |t| format!(" (valid until {})", t.date()));
+        let level = if previous.status == SlotStatus::Empty { log::Level::Info } else { log::Level::Debug };
+        log::log!(
+            level,
+            "{}: stapling the response the fleet tier shares{until}; next look at {}",
+            cert.info.label,
+            next.date()
+        );
+    }
+
     fn log_restored(&self, cert: &ManagedCert, v: &Verified, next: UnixTime) {
         let until = v.next_update.map_or_else(String::new, |t| format!(" (valid until {})", t.date()));
         info!(
@@ -1116,5 +1292,113 @@ mod tests {
         // A max age of 1 s (plus no skew) refuses the same response a few seconds later.
         clock.advance(Duration::from_secs(5));
         assert!(matches!(accept_stored(&good(), &rt.certs[0], clock.now()), Err(Rejection::TooOld(_))));
+    }
+
+    /// An in-memory shared tier for the fleet logic (the real one is memcached or Redis,
+    /// through Apache's socache providers: tests/fleet.rs).
+    #[derive(Default)]
+    struct MemTier {
+        map: Mutex<std::collections::HashMap<String, Vec<u8>>>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl MemTier {
+        fn check(&self) -> Result<(), TierError> {
+            if self.down.load(Ordering::SeqCst) {
+                Err(TierError("connection refused".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl FleetTier for MemTier {
+        fn describe(&self) -> &str {
+            "mem:"
+        }
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, TierError> {
+            self.check()?;
+            Ok(self.map.lock().unwrap().get(key).cloned())
+        }
+        fn put(&self, key: &str, value: &[u8], _expires: UnixTime) -> Result<(), TierError> {
+            self.check()?;
+            self.map.lock().unwrap().insert(key.into(), value.to_vec());
+            Ok(())
+        }
+        fn remove(&self, key: &str) -> Result<(), TierError> {
+            self.check()?;
+            self.map.lock().unwrap().remove(key);
+            Ok(())
+        }
+    }
+
+    /// A server (its own shared store) of a fleet that shares `tier`.
+    fn server_of(tier: &Arc<MemTier>) -> Runtime {
+        let (mut rt, _clock) = runtime_with_clock(None);
+        rt.fleet = Some(Fleet::new(tier.clone()));
+        rt
+    }
+
+    #[test]
+    fn one_fetch_serves_the_fleet_and_the_others_take_it_from_the_tier() {
+        let tier = Arc::new(MemTier::default());
+        let (first, second) = (server_of(&tier), server_of(&tier));
+        let der = good();
+        let transport = Scripted::new(vec![Ok(der.clone())]);
+        assert_eq!(refresh(&first, &transport), Attempt::Published(SlotStatus::Good));
+        assert_eq!(refresh(&second, &transport), Attempt::Published(SlotStatus::Good));
+        assert_eq!(transport.calls(), 1, "one responder request for two servers");
+        assert_eq!(stapled(&second), Some(der));
+        assert_eq!(second.store.state(second.slots[0]).source, Source::Fleet);
+        let keys = fleet::Keys::of(&first.certs[0].info);
+        assert!(!tier.map.lock().unwrap().contains_key(&keys.lease), "the lease is let go after the fetch");
+    }
+
+    #[test]
+    fn a_lease_held_by_another_server_means_waiting_not_fetching() {
+        let tier = Arc::new(MemTier::default());
+        let rt = server_of(&tier);
+        let keys = fleet::Keys::of(&rt.certs[0].info);
+        let other = fleet::LeaseEntry { holder: "other:1:2".into(), until: rt.clock.now().plus(HOUR) };
+        tier.map.lock().unwrap().insert(keys.lease.clone(), other.encode());
+        let transport = Scripted::new(vec![]);
+        assert_eq!(refresh(&rt, &transport), Attempt::WaitingForFleet);
+        assert_eq!(transport.calls(), 0);
+        let next = rt.store.state(rt.slots[0]).next_fetch.unwrap();
+        assert!(rt.clock.now().seconds_until(next) <= 4, "looks again within seconds");
+    }
+
+    #[test]
+    fn poisoned_entries_are_never_stapled_and_are_replaced() {
+        let tier = Arc::new(MemTier::default());
+        let rt = server_of(&tier);
+        let keys = fleet::Keys::of(&rt.certs[0].info);
+        // Another certificate's valid response (expired ones: tests/fleet.rs).
+        let other_cert = testpki::response_for(&testpki::cert_info("leaf2"), Opts::default());
+        for poison in [b"garbage".to_vec(), other_cert] {
+            let (rt, _clock) = runtime_with_clock(None);
+            let rt = Runtime { fleet: Some(Fleet::new(tier.clone())), ..rt };
+            tier.map.lock().unwrap().insert(keys.response.clone(), poison.clone());
+            let der = good();
+            assert_eq!(refresh(&rt, &Scripted::new(vec![Ok(der.clone())])), Attempt::Published(SlotStatus::Good));
+            assert_eq!(stapled(&rt), Some(der.clone()), "the poison is not stapled");
+            assert_eq!(tier.map.lock().unwrap().get(&keys.response), Some(&der), "replaced by a valid one");
+        }
+    }
+
+    #[test]
+    fn a_tier_that_is_down_means_fetching_alone_and_saying_so_once() {
+        let tier = Arc::new(MemTier::default());
+        tier.down.store(true, Ordering::SeqCst);
+        let rt = server_of(&tier);
+        let transport = Scripted::new(vec![Ok(good())]);
+        assert_eq!(refresh(&rt, &transport), Attempt::Published(SlotStatus::Good));
+        assert_eq!(transport.calls(), 1);
+        assert!(rt.store.fleet_down());
+        assert!(!rt.store.mark_fleet_down(true), "already said");
+        tier.down.store(false, Ordering::SeqCst);
+        let second = Runtime { fleet: Some(Fleet::new(tier.clone())), ..runtime_with_clock(None).0 };
+        let _ = refresh(&second, &Scripted::new(vec![Ok(good())]));
+        assert!(!second.store.fleet_down());
     }
 }

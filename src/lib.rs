@@ -18,6 +18,7 @@ pub mod config;
 pub mod diagnose;
 pub mod engine;
 pub mod failure;
+pub mod fleet;
 pub mod ocsp;
 pub mod openssl_ext;
 pub mod refresh;

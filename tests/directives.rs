@@ -1,20 +1,18 @@
 //! Numeric directives at the edges of their ranges, through a real `apache2 -t` and a
 //! real start: the largest value in range passes, one beyond fails with one line that
-//! names the directive and the range, and in-range extremes still staple.
+//! names the directive and the range, and in-range extremes still staple. (mod_ssl's
+//! twins take whatever mod_ssl takes, clamped with a warn line: tests/reach.rs.)
 
 mod common;
 
 use common::*;
 
-/// Every numeric directive with the largest value in range, one just beyond, and the
+/// Every numeric directive of ours with the largest value in range, one just beyond, and the
 /// text of its range as the error line gives it.
 const NUMERIC: &[(&str, &str, &str, &str)] = &[
     ("StaplingResponderTimeout", "300", "301", "from 1 to 300"),
-    ("SSLStaplingResponderTimeout", "300", "301", "from 1 to 300"),
     ("StaplingResponseTimeSkew", "2592000", "2592001", "from 0 to 2592000 (30 days)"),
-    ("SSLStaplingResponseTimeSkew", "2592000", "2592001", "from 0 to 2592000 (30 days)"),
     ("StaplingResponseMaxAge", "2592000", "2592001", "-1 (no limit) or a whole number of seconds from 1 to 2592000"),
-    ("SSLStaplingResponseMaxAge", "2592000", "2592001", "-1 (no limit) or a whole number of seconds from 1 to 2592000"),
     ("StaplingRenewWindow", "99%", "100%", "from 1% to 99% or a whole number of seconds from 1 to 2592000"),
     ("StaplingRenewWindow", "2592000", "2592001", "from 1% to 99% or a whole number of seconds from 1 to 2592000"),
     (

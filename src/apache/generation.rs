@@ -10,11 +10,12 @@ use log::{debug, error, info, warn};
 
 use super::conftree::{self, CertFiles, Tree};
 use super::handles::{text, Pool, Server, Userdata};
+use super::socache::SocacheTier;
 use super::{ffi, process, shm};
 use crate::cert::{CertInfo, CertKey};
 use crate::config::ServerConfig;
 use crate::diagnose::{self, Finding};
-use crate::engine::{bounded, ManagedCert, PrimeDecision, Registry, Runtime};
+use crate::engine::{bounded, Fleet, ManagedCert, PrimeDecision, Registry, Runtime};
 use crate::ocsp::proxy::ProxyPolicy;
 use crate::ocsp::tls::read_ca_file;
 use crate::ocsp::Client;
@@ -241,6 +242,7 @@ fn start_generation(main: &Server<'_>, registry: Registry) -> Result<Option<Arc<
     let runtime = match Runtime::new(store, certs, disk, Arc::new(SystemClock)) {
         Ok(mut r) => {
             r.http = HttpTransport(Arc::new(responder_client(main_cfg)));
+            r.fleet = fleet_tier(main, main_cfg);
             Arc::new(r)
         }
         Err(e) => {
@@ -250,6 +252,26 @@ fn start_generation(main: &Server<'_>, registry: Registry) -> Result<Option<Arc<
     };
     run_startup_helper(&runtime, is_restart());
     Ok(Some(runtime))
+}
+
+/// The fleet tier, if `StaplingCache` (or, in compatibility mode, `SSLStaplingCache`)
+/// names a provider shared between machines. Its instance lives in the config pool.
+fn fleet_tier(main: &Server<'_>, cfg: &ServerConfig) -> Option<Fleet> {
+    let spec = cfg.fleet_spec()?;
+    match SocacheTier::open(spec, main, main.config_pool()) {
+        Ok(tier) => {
+            info!(
+                "fleet tier {}: responses are shared with the other servers that use it; each is verified \
+                 before it is stapled",
+                spec.describe()
+            );
+            Some(Fleet::new(Arc::new(tier)))
+        }
+        Err(e) => {
+            error!("fleet tier {}: cannot start it ({e}); this server fetches its own responses", spec.describe());
+            None
+        }
+    }
 }
 
 /// How responders are reached: the proxy (said at startup) and the extra CAs.

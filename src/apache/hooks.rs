@@ -7,7 +7,7 @@ use std::ptr;
 
 use super::boundary::guard;
 use super::handles::{text, Pool, Server};
-use super::{ffi, generation, log as aplog, refresher, server};
+use super::{ffi, generation, log as aplog, refresher, server, socache};
 use crate::cert::CertKey;
 use crate::config::{Context, Outcome};
 use crate::engine::MAX_TLS12_STAPLE;
@@ -79,6 +79,17 @@ pub unsafe extern "C" fn stapling_rs_cmd(
         // SAFETY: directives are applied one at a time; nothing else borrows this config now.
         let Some(cfg) = (unsafe { server.config_mut() }) else { return ptr::null() };
         match cfg.settings.apply(&name, &value, ctx) {
+            Ok(Outcome::Handled) if name.eq_ignore_ascii_case("StaplingCache") => {
+                match cfg.settings.global.cache.as_ref().filter(|c| c.is_shared()) {
+                    Some(spec) if socache::lookup(&spec.provider).is_none() => pconf.pstr(&format!(
+                        "{name} {}: the socache provider '{}' is not loaded; load {} before this line",
+                        spec.describe(),
+                        spec.provider,
+                        spec.module()
+                    )),
+                    _ => ptr::null(),
+                }
+            }
             Ok(Outcome::Handled) => ptr::null(),
             Ok(Outcome::PassToModSsl) => ffi::DECLINE_CMD.as_ptr().cast(),
             Ok(Outcome::IgnoredPassToModSsl(note)) => {

@@ -10,7 +10,7 @@ const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
 table{border-collapse:collapse;margin-bottom:1.5em;min-width:40em}\
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}\
 th{background:#f3f3f3;width:12em}td.good{color:#060;font-weight:bold}\
-td.revoked,td.none,td.failed{color:#a00;font-weight:bold}code{font-size:.95em}";
+td.revoked,td.none,td.failed,p.failed{color:#a00;font-weight:bold}code{font-size:.95em}";
 
 /// `text` with `& < > " '` replaced by entities.
 pub(crate) fn escape(text: &str) -> String {
@@ -64,6 +64,14 @@ fn summary(out: &mut String, s: &Snapshot) {
         s.count("revoked"),
         s.count("none")
     );
+    if let Some((tier, up)) = &s.fleet {
+        let (class, state) = if *up {
+            ("", "answers")
+        } else {
+            (" class=\"failed\"", "unreachable: each server fetches its own responses")
+        };
+        let _ = writeln!(out, "<p{class}>Fleet tier {} &middot; {state}</p>", escape(tier));
+    }
 }
 
 /// One `<tr>` with a header cell and an already escaped value.

@@ -39,10 +39,13 @@ pub(super) fn document(snapshot: Option<&Snapshot>) -> String {
     };
     let rows: Vec<String> = s.rows.iter().map(|r| certificate(s.now, r)).collect();
     format!(
-        "{{\"version\":{},\"stapling\":true,\"started\":{},\"now\":{},\"certificates\":[{}]}}\n",
+        "{{\"version\":{},\"stapling\":true,\"started\":{},\"now\":{},\"fleet\":{},\"certificates\":[{}]}}\n",
         string(s.version),
         time(Some(s.started)),
         time(Some(s.now)),
+        s.fleet
+            .as_ref()
+            .map_or_else(|| "null".into(), |(tier, up)| format!("{{\"tier\":{},\"reachable\":{up}}}", string(tier))),
         rows.join(",")
     )
 }
@@ -100,6 +103,8 @@ mod tests {
         let doc: Value = serde_json::from_str(&document(Some(&s))).expect("valid JSON");
         assert_eq!(doc["version"], VERSION);
         assert_eq!(doc["stapling"], true);
+        assert_eq!(doc["fleet"]["tier"], "memcache:10.0.0.5:11211");
+        assert_eq!(doc["fleet"]["reachable"], false);
         assert_eq!(doc["started"], "2027-01-15T07:50:00Z");
         let certs = doc["certificates"].as_array().unwrap();
         assert_eq!(certs.len(), 2);

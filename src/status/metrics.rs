@@ -49,6 +49,11 @@ pub(super) fn exposition(snapshot: Option<&Snapshot>) -> String {
 }
 
 fn per_certificate(out: &mut String, s: &Snapshot) {
+    if let Some((tier, up)) = &s.fleet {
+        let help = "1 if the fleet tier (StaplingCache memcache:/redis:) answers, else 0.";
+        let value = [(format!("tier=\"{}\"", label(tier)), u8::from(*up).to_string())];
+        family(out, "mod_stapling_fleet_up", "gauge", help, &value);
+    }
     let started = [(String::new(), s.started.secs().to_string())];
     let help = "When this configuration generation started, in seconds since the epoch.";
     family(out, "mod_stapling_generation_start_time_seconds", "gauge", help, &started);

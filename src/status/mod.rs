@@ -56,6 +56,8 @@ pub struct Snapshot {
     pub now: UnixTime,
     /// One row per certificate, in configuration order.
     pub rows: Vec<Row>,
+    /// The fleet tier (as configured) and whether it answers, if there is one.
+    pub fleet: Option<(String, bool)>,
 }
 
 /// The outcome of the last request to the responder.
@@ -139,6 +141,7 @@ impl Snapshot {
             started: runtime.started,
             now: runtime.clock.now(),
             rows: (0..runtime.certs.len()).map(|i| Row::of(runtime, i)).collect(),
+            fleet: runtime.fleet.as_ref().map(|f| (f.tier.describe().to_string(), !runtime.store.fleet_down())),
         }
     }
 
@@ -311,6 +314,7 @@ pub(crate) mod tests {
             started: UnixTime::from_secs(NOW - 600),
             now: UnixTime::from_secs(NOW),
             rows: vec![good, evil],
+            fleet: Some(("memcache:10.0.0.5:11211".into(), false)),
         }
     }
 

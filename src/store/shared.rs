@@ -37,6 +37,8 @@ const H_GENERATION: usize = 4;
 const H_LEASE_SERIAL: usize = 5;
 /// Header word 6: slots at or above this index have never held a key.
 const H_HIGH_WATER: usize = 6;
+/// Header word 7: 1 while the fleet tier is unreachable (0 in older regions: up).
+const H_FLEET_DOWN: usize = 7;
 
 /// Words per slot: one page.
 const SLOT_WORDS: usize = 512;
@@ -503,6 +505,17 @@ impl<'a> SharedStore<'a> {
     /// Increments and returns the generation counter.
     pub fn bump_generation(&self) -> u64 {
         self.words[H_GENERATION].fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Records whether the fleet tier answers; true if that changed, so that the
+    /// process that saw the change (and only it) says so.
+    pub fn mark_fleet_down(&self, down: bool) -> bool {
+        self.words[H_FLEET_DOWN].swap(u64::from(down), Ordering::AcqRel) != u64::from(down)
+    }
+
+    /// True while the fleet tier is unreachable.
+    pub fn fleet_down(&self) -> bool {
+        self.words[H_FLEET_DOWN].load(Ordering::Acquire) != 0
     }
 
     /// The current generation: processes of an older one stop refreshing.
