@@ -5,12 +5,13 @@ set -euo pipefail
 
 # firefox-esr, python3-websockets: tests/status.rs renders the status page in headless Firefox
 # (WebDriver BiDi); python3-prometheus-client: it parses ?metrics with Prometheus' own parser.
-# squid, apache2-utils (htpasswd): tests/reach.rs staples through a real proxy.
+# squid, apache2-utils (htpasswd): tests/reach.rs staples through a real proxy; memcached,
+# redis-server: tests/fleet.rs shares responses through them.
 # dpkg-dev, debhelper, lintian, debootstrap, rpm: scripts/package-deb.sh and package-rpm.sh,
 # and tests/deb_package.rs, which installs the .deb into a debootstrap'd Debian 12 root.
 packages=(apache2 apache2-dev libclang-dev clang pkg-config libssl-dev openssl curl iproute2
           python3 python3-cryptography build-essential ca-certificates valgrind
-          firefox-esr python3-websockets python3-prometheus-client squid apache2-utils
+          firefox-esr python3-websockets python3-prometheus-client squid apache2-utils memcached redis-server
           dpkg-dev debhelper lintian debootstrap rpm)
 missing=()
 for p in "${packages[@]}"; do

@@ -409,7 +409,7 @@ impl Runtime {
             return FleetStep::Fetch(lease);
         };
         let keys = fleet::Keys::of(&cert.info);
-        let shared = match self.tier_call(fleet, || fleet.tier.get(&keys.response)) {
+        let shared = match self.tier_call(fleet, || fleet.tier.get(&keys.response), Option::is_some) {
             Some(found) => found,
             None => return FleetStep::Fetch(lease),
         };
@@ -445,7 +445,7 @@ impl Runtime {
     fn take_fleet_lease(&self, i: usize, lease: Lease, fleet: &Fleet, keys: &fleet::Keys) -> FleetStep {
         let now = self.clock.now();
         let me = fleet.holder();
-        let held = match self.tier_call(fleet, || fleet.tier.get(&keys.lease)) {
+        let held = match self.tier_call(fleet, || fleet.tier.get(&keys.lease), Option::is_some) {
             Some(held) => held.and_then(|b| fleet::LeaseEntry::decode(&b)),
             None => return FleetStep::Fetch(lease),
         };
@@ -455,8 +455,8 @@ impl Runtime {
         let lease_for = self.certs[i].settings.responder_timeout.saturating_add(LEASE_SLACK);
         let mine = fleet::LeaseEntry { holder: me.clone(), until: now.plus(lease_for) };
         let stuck = self
-            .tier_call(fleet, || fleet.tier.put(&keys.lease, &mine.encode(), mine.until))
-            .and_then(|()| self.tier_call(fleet, || fleet.tier.get(&keys.lease)));
+            .tier_call(fleet, || fleet.tier.put(&keys.lease, &mine.encode(), mine.until), |_| true)
+            .and_then(|()| self.tier_call(fleet, || fleet.tier.get(&keys.lease), Option::is_some));
         match stuck {
             Some(Some(b)) if fleet::LeaseEntry::decode(&b).is_some_and(|e| e.holder != me) => {
                 FleetStep::Done(self.wait_for_fleet(lease))
@@ -479,17 +479,23 @@ impl Runtime {
         let Some(fleet) = self.fleet.as_ref().filter(|_| !self.certs[i].settings.use_nonce) else { return };
         let keys = fleet::Keys::of(&self.certs[i].info);
         let Some(until) = self.store.state(self.slots[i]).staple_until else { return };
-        if self.tier_call(fleet, || fleet.tier.put(&keys.response, der, until)).is_some() {
-            let _ = self.tier_call(fleet, || fleet.tier.remove(&keys.lease));
+        if self.tier_call(fleet, || fleet.tier.put(&keys.response, der, until), |_| true).is_some() {
+            let _ = self.tier_call(fleet, || fleet.tier.remove(&keys.lease), |_| false);
         }
     }
 
-    /// One call into the tier; `None` if it failed. The first failure and the first
-    /// success after it are said once for the whole server.
-    fn tier_call<T>(&self, fleet: &Fleet, call: impl FnOnce() -> Result<T, TierError>) -> Option<T> {
+    /// One call into the tier; `None` if it failed. The first failure, and the first
+    /// answer after it that `proves_up` (a provider whose server is down may say "not
+    /// found" without trying it), are said once for the whole server.
+    fn tier_call<T>(
+        &self,
+        fleet: &Fleet,
+        call: impl FnOnce() -> Result<T, TierError>,
+        proves_up: impl FnOnce(&T) -> bool,
+    ) -> Option<T> {
         match call() {
             Ok(v) => {
-                if self.store.mark_fleet_down(false) {
+                if proves_up(&v) && self.store.mark_fleet_down(false) {
                     warn!(
                         "fleet tier {} answers again: responses are shared with the fleet again",
                         fleet.tier.describe()

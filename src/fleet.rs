@@ -14,8 +14,9 @@ use openssl::hash::{Hasher, MessageDigest};
 use crate::cert::CertInfo;
 use crate::time::UnixTime;
 
-/// Version of the keys and values this module writes into the tier.
-const KEY_PREFIX: &str = "mod_stapling:1";
+/// Version of the keys and values this module writes into the tier. Keys are short:
+/// the memcache provider hex-encodes them after a tag, within memcached's 250 bytes.
+const KEY_PREFIX: &str = "s1";
 /// How long a server waits before looking again while another one holds the lease.
 pub const FLEET_WAIT: Duration = Duration::from_secs(2);
 
@@ -42,8 +43,9 @@ pub trait FleetTier: Send + Sync {
     fn remove(&self, key: &str) -> Result<(), TierError>;
 }
 
-/// The keys of one certificate: its identity is the issuer (SHA-256 of its name and
-/// public key) plus the serial, so servers with different certificates never collide.
+/// The keys of one certificate: its identity is a SHA-256 over the issuer's name, the
+/// issuer's public key and the serial (what a CertID names), so servers with different
+/// certificates never collide.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     /// The validated DER response.
@@ -55,17 +57,17 @@ pub struct Keys {
 impl Keys {
     /// The keys for `cert`.
     pub fn of(cert: &CertInfo) -> Keys {
-        let issuer = issuer_hash(cert).unwrap_or_default();
-        let serial = cert.leaf.serial_number().to_bn().ok().and_then(|bn| bn.to_hex_str().ok());
-        let id = format!("{issuer}:{}", serial.map_or_else(String::new, |s| s.to_string()));
-        Keys { response: format!("{KEY_PREFIX}:resp:{id}"), lease: format!("{KEY_PREFIX}:lease:{id}") }
+        // The leaf's SHA-1 stands in should hashing ever fail: still one key per certificate.
+        let id = identity(cert).unwrap_or_else(|| cert.key.iter().map(|b| format!("{b:02x}")).collect());
+        Keys { response: format!("{KEY_PREFIX}:r:{id}"), lease: format!("{KEY_PREFIX}:l:{id}") }
     }
 }
 
-fn issuer_hash(cert: &CertInfo) -> Option<String> {
+fn identity(cert: &CertInfo) -> Option<String> {
     let mut h = Hasher::new(MessageDigest::sha256()).ok()?;
     h.update(&cert.issuer.subject_name().to_der().ok()?).ok()?;
     h.update(&cert.issuer.public_key().ok()?.public_key_to_der().ok()?).ok()?;
+    h.update(&cert.leaf.serial_number().to_bn().ok()?.to_vec()).ok()?;
     Some(h.finish().ok()?.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -115,12 +117,13 @@ mod tests {
     #[test]
     fn keys_name_the_issuer_and_serial_and_differ_per_certificate() {
         let (leaf, leaf2) = (Keys::of(&testpki::cert_info("leaf")), Keys::of(&testpki::cert_info("leaf2")));
-        assert!(leaf.response.starts_with("mod_stapling:1:resp:"), "{leaf:?}");
+        assert!(leaf.response.starts_with("s1:r:"), "{leaf:?}");
+        assert_eq!(leaf.response.len(), 5 + 64);
         assert_ne!(leaf.response, leaf2.response);
-        assert_ne!(leaf.response, leaf.lease);
-        let same_issuer = |k: &Keys| k.response.split(':').nth(3).map(str::to_string);
-        assert_eq!(same_issuer(&leaf), same_issuer(&leaf2), "same issuer, different serial");
-        assert!(leaf.response.len() < 250, "memcached keys are at most 250 bytes");
+        assert_eq!(leaf.response.replace(":r:", ":l:"), leaf.lease);
+        assert_eq!(Keys::of(&testpki::cert_info("leaf")), leaf, "stable");
+        // mod_socache_memcache writes "TAG:" and the key in hex; memcached allows 250 bytes.
+        assert!("mod_stapling:".len() + 2 * leaf.response.len() < 250);
         assert!(leaf.response.bytes().all(|b| b.is_ascii_graphic()), "no spaces or controls");
     }
 
