@@ -244,8 +244,13 @@ fn poisoned_entries_are_never_stapled_and_are_replaced() {
     let cache = CacheServer::memcached(None);
     let fx = Fixture::new(&format!("mode=good&validity={VALIDITY_SECS}&backdate=0"));
     let servers = fleet(&fx, &cache.cache_line("StaplingCache"), "Stapling on\n");
-    let ids: Vec<String> = cache.memcached_keys().iter().filter_map(|k| module_id(k)).collect();
-    let response_id = ids.iter().find(|id| id.starts_with("s1:r:")).cloned().expect("the shared response");
+    // The crawler behind metadump may be busy with its own round: ask again until it answers.
+    let mut response_id = None;
+    wait_until(Duration::from_secs(15), || {
+        response_id = cache.memcached_keys().iter().filter_map(|k| module_id(k)).find(|id| id.starts_with("s1:r:"));
+        response_id.is_some()
+    });
+    let response_id = response_id.expect("the shared response is in memcached");
     let lease_id = response_id.replace("s1:r:", "s1:l:");
     assert!(cache.memcached_get(&memcache_key(&response_id)).is_some_and(|v| !v.is_empty()));
     // Another certificate's valid response, and an expired one (from the same responder).
