@@ -93,32 +93,32 @@ pub enum PrimeDecision {
 }
 
 /// Certificates primed during one configuration pass (between pre_config and post_config).
+/// Each prime costs O(1) amortised: thousands of vhosts prime thousands of times.
 #[derive(Debug, Default)]
 pub struct Registry {
     /// In prime order.
     pub certs: Vec<ManagedCert>,
+    /// Index into `certs` by key.
+    index: KeyMap<usize>,
     /// Servers (by address) for which mod_ssl handed over at least one certificate.
-    pub primed_servers: Vec<usize>,
+    pub primed_servers: std::collections::HashSet<usize>,
     /// Certificates without a responder URL, with the line to log once at startup.
     pub no_url: Vec<(CertKey, String)>,
+    no_url_keys: KeyMap<()>,
     /// Every certificate mod_ssl handed over, whatever we decided.
-    pub handed_over: Vec<CertKey>,
+    pub handed_over: KeyMap<()>,
 }
 
 impl Registry {
     /// Records a primed certificate for vhost `vhost` (server address `server`).
     pub fn prime(&mut self, info: CertInfo, settings: Effective, vhost: &str, server: usize) -> PrimeDecision {
-        if !self.handed_over.contains(&info.key) {
-            self.handed_over.push(info.key);
-        }
+        self.handed_over.insert(info.key, ());
         if !settings.enabled {
             return PrimeDecision::Off;
         }
-        if !self.primed_servers.contains(&server) {
-            self.primed_servers.push(server);
-        }
+        self.primed_servers.insert(server);
         let Some(url) = settings.force_url.clone().or_else(|| info.aia_ocsp_url.clone()) else {
-            if !self.no_url.iter().any(|(k, _)| *k == info.key) {
+            if self.no_url_keys.insert(info.key, ()).is_none() {
                 self.no_url.push((
                     info.key,
                     format!(
@@ -130,10 +130,14 @@ impl Registry {
             }
             return PrimeDecision::NoUrl;
         };
-        match self.certs.iter_mut().find(|c| c.info.key == info.key) {
+        match self.index.get(&info.key).map(|&i| &mut self.certs[i]) {
+            // A certificate's vhosts are few (a vhost primes each certificate once).
             Some(existing) if !existing.vhosts.iter().any(|v| v == vhost) => existing.vhosts.push(vhost.to_string()),
             Some(_) => {}
-            None => self.certs.push(ManagedCert { info, settings, url, vhosts: vec![vhost.to_string()] }),
+            None => {
+                self.index.insert(info.key, self.certs.len());
+                self.certs.push(ManagedCert { info, settings, url, vhosts: vec![vhost.to_string()] });
+            }
         }
         PrimeDecision::Take
     }
@@ -703,7 +707,12 @@ impl Runtime {
         let state = self.store.state(slot);
         let Some(kind) = alert::kind_for(&state, now) else {
             if let Some(ended) = self.store.clear_alert(slot).and_then(Kind::from_code) {
-                warn!("{}", alert::recovery_line(ended, &cert.describe(), &state));
+                let line = alert::recovery_line(ended, &cert.describe(), &state);
+                if self.store.claim_group(self.alert_group(i, 0, 0), now, ALERT_EVERY) {
+                    warn!("{line} (more certificates of this responder that recover within the hour: at info level)");
+                } else {
+                    info!("{line}");
+                }
             }
             return;
         };
@@ -712,13 +721,59 @@ impl Runtime {
             return;
         }
         let line = alert::line(kind, &cert.describe(), cert.info.must_staple, &state, now, why);
+        if !claimed {
+            debug!("{line}");
+            return;
+        }
+        // One responder down means the same alert for each of its certificates: say it
+        // once per responder and cause, with how many share it.
+        let failure = state.last_error.map_or(0, |(_, f)| f.to_word());
+        if !self.store.claim_group(self.alert_group(i, kind as u64, failure), now, ALERT_EVERY) {
+            info!("{line}");
+            return;
+        }
+        let alike = self.count_alike(i, kind, failure, now);
+        let line = if alike == 0 {
+            line
+        } else {
+            format!(
+                "{line}. {alike} more certificate{} of {} {} the same (each at info level, and on the status page)",
+                if alike == 1 { "" } else { "s" },
+                responder_host(&cert.url),
+                if alike == 1 { "has" } else { "have" }
+            )
+        };
         let unstapled_must_staple = cert.info.must_staple && !state.stapleable_at(now);
         match kind {
-            _ if !claimed => debug!("{line}"),
             Kind::Expired => error!("{line}"),
             _ if unstapled_must_staple => error!("{line}"),
             _ => warn!("{line}"),
         }
+    }
+
+    /// The group of certificate `i`'s alert: its responder host, the alert and the
+    /// failure, and whether it is must-staple (whose lines are errors of their own).
+    fn alert_group(&self, i: usize, kind: u64, failure: u64) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let cert = &self.certs[i];
+        // Fixed keys: every process computes the same hash.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (responder_host(&cert.url), kind, failure, cert.info.must_staple).hash(&mut h);
+        h.finish()
+    }
+
+    /// How many other certificates of certificate `i`'s responder have the same alert
+    /// for the same failure now.
+    fn count_alike(&self, i: usize, kind: Kind, failure: u64, now: UnixTime) -> usize {
+        let host = responder_host(&self.certs[i].url);
+        (0..self.certs.len())
+            .filter(|&j| j != i && responder_host(&self.certs[j].url) == host)
+            .filter(|&j| {
+                let state = self.store.state(self.slots[j]);
+                alert::kind_for(&state, now) == Some(kind)
+                    && state.last_error.map_or(0, |(_, f)| f.to_word()) == failure
+            })
+            .count()
     }
 
     /// Looks at every certificate's state and logs what is due: a response may expire
@@ -817,6 +872,14 @@ impl Runtime {
 }
 
 /// A failed fetch in words: an answer the responder gave, or why there was none.
+/// `scheme://host:port` of a responder URL, for grouping and for log lines.
+fn responder_host(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)),
+        Err(_) => url.to_string(),
+    }
+}
+
 fn fetch_failed(url: &str, e: &FetchError) -> String {
     match e {
         FetchError::HttpStatus(..) => format!("the responder {url} answered {e}"),
@@ -1049,7 +1112,7 @@ mod tests {
         forced.force_url = Some("http://forced.example/".into());
         assert_eq!(reg.prime(noaia, forced, "f:443", 6), PrimeDecision::Take);
         assert_eq!(reg.certs[1].url, "http://forced.example/");
-        assert_eq!(reg.primed_servers, vec![1, 2, 4, 5, 6]);
+        assert_eq!(reg.primed_servers, [1, 2, 4, 5, 6].into_iter().collect());
     }
 
     #[test]
@@ -1071,9 +1134,9 @@ mod tests {
         let transport = Scripted::new(vec![Ok(good()), Ok(good())]);
         refresh(&rt, &transport);
         let next = rt.store.state(rt.slots[0]).next_fetch.unwrap();
-        // A one-day response: renew 12 h before it ends, spread up to 15 min earlier.
+        // A one-day response: renew 12 h before it ends, spread up to a fifth of that earlier.
         let wait = start.seconds_until(next);
-        assert!((12 * 3600 - 900 - 120..=12 * 3600 + 120).contains(&wait), "next fetch in {wait}s");
+        assert!((12 * 3600 - 12 * 3600 / 5 - 120..=12 * 3600 + 120).contains(&wait), "next fetch in {wait}s");
         clock.set(next.minus(Duration::from_secs(1)));
         assert_eq!(refresh(&rt, &transport), Attempt::Skipped);
         clock.set(next);
@@ -1406,5 +1469,31 @@ mod tests {
         let second = Runtime { fleet: Some(Fleet::new(tier.clone())), ..runtime_with_clock(None).0 };
         let _ = refresh(&second, &Scripted::new(vec![Ok(good())]));
         assert!(!second.store.fleet_down());
+    }
+
+    #[test]
+    fn one_responder_down_is_said_once_for_all_its_certificates() {
+        capture();
+        let certs: Vec<ManagedCert> = ["leaf", "leaf2", "leaf-ec"].into_iter().map(managed).collect();
+        let n = certs.len();
+        let words: &'static [AtomicU64] =
+            Box::leak((0..Layout::for_certs(n).words()).map(|_| AtomicU64::new(0)).collect());
+        let store = SharedStore::attach(words, Layout::for_certs(n), n).unwrap();
+        let clock = Arc::new(ManualClock::at(SystemClock.now()));
+        let rt = Runtime::new(store, certs, None, clock.clone()).unwrap();
+        let refused = || Err(FetchError::Unreachable("Connection Failed: Connection refused".into()));
+        let transport = Scripted::new((0..n).map(|_| refused()).collect());
+        (0..n).for_each(|i| assert!(matches!(rt.refresh_if_due(i, &transport, &Stop::default()), Attempt::Failed(_))));
+        let lines = logged(log::Level::Info);
+        let warned: Vec<_> = lines.iter().filter(|(l, _)| *l <= log::Level::Warn).collect();
+        assert_eq!(warned.len(), 1, "one line for the responder, not one per certificate: {lines:?}");
+        let detail = lines.iter().filter(|(l, t)| *l == log::Level::Info && t.contains("OCSP refresh failed")).count();
+        assert_eq!(detail, n - 1, "the others at info: {lines:?}");
+        // An hour later, the line says how many share the failure.
+        clock.advance(HOUR);
+        rt.check_alerts();
+        let warned = logged(log::Level::Warn);
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].1.contains("2 more certificates of http://127.0.0.1:9 have the same"), "{warned:?}");
     }
 }

@@ -19,8 +19,6 @@ pub const BASE_BACKOFF: Duration = Duration::from_secs(30);
 pub const MUST_STAPLE_BASE_BACKOFF: Duration = Duration::from_secs(5);
 /// ... and cap the wait lower.
 pub const MUST_STAPLE_MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// Upper bound of the spread added to a schedule.
-const MAX_SPREAD: Duration = Duration::from_secs(900);
 
 /// The times that govern a freshly validated response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,9 +90,11 @@ fn plan_validity(
     Plan { staple_until: next.plus(skew), next_fetch: renew_at.max(earliest) }
 }
 
-/// Up to 10% of `span` (at most 15 minutes), so that many servers do not fetch in step.
+/// Up to a fifth of `span`: certificates fetched in the same second (a cold start with
+/// thousands of them) refresh spread over the renew window, not in one burst, and
+/// servers of a fleet do not fetch in step.
 fn spread(span: Duration, jitter: f64) -> Duration {
-    let max = (span / 10).min(MAX_SPREAD);
+    let max = span / 5;
     Duration::from_secs((max.as_secs() as f64 * jitter.clamp(0.0, 1.0)) as u64)
 }
 
@@ -104,7 +104,9 @@ pub fn retry_after_failure(failures: u32, now: UnixTime, must_staple: bool, jitt
         if must_staple { (MUST_STAPLE_BASE_BACKOFF, MUST_STAPLE_MAX_BACKOFF) } else { (BASE_BACKOFF, MAX_BACKOFF) };
     let exp = failures.saturating_sub(1).min(20);
     let delay = base.saturating_mul(1 << exp).min(cap);
-    now.plus(delay).plus(spread(delay, jitter))
+    // A tenth of the delay: retries of certificates that failed together drift apart.
+    let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
+    now.plus(delay).plus(Duration::from_secs_f64(delay.as_secs_f64() / 10.0 * jitter))
 }
 
 /// True if a fetch is due: never scheduled, or its time has come.
@@ -163,11 +165,36 @@ mod tests {
     }
 
     #[test]
-    fn jitter_only_brings_refresh_earlier_and_by_at_most_ten_percent() {
+    fn jitter_only_brings_refresh_earlier_and_by_at_most_a_fifth_of_the_window() {
         let a = plan(t(0), Some(t(DAY)), t(0), secs(0), RenewWindow::Percent(50), 0.0);
         let b = plan(t(0), Some(t(DAY)), t(0), secs(0), RenewWindow::Percent(50), 0.999);
         assert!(b.next_fetch < a.next_fetch);
-        assert!(b.next_fetch.seconds_until(a.next_fetch) <= 900);
+        assert!(b.next_fetch.seconds_until(a.next_fetch) <= DAY / 2 / 5);
+    }
+
+    #[test]
+    fn a_thousand_certificates_fetched_in_one_second_refresh_spread_over_the_window() {
+        // A 7-day response, renewed in its last 50% (3.5 days), for 1,000 certificates
+        // fetched at the same second of a cold start.
+        let window = 7 * DAY / 2;
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next_rounds: Vec<i64> = (0..1000)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let jitter = (seed >> 11) as f64 / (1u64 << 53) as f64;
+                let p = plan(t(0), Some(t(7 * DAY)), t(0), secs(300), RenewWindow::Percent(50), jitter);
+                p.next_fetch.secs()
+            })
+            .collect();
+        next_rounds.sort_unstable();
+        let span = next_rounds[999] - next_rounds[0];
+        assert!(span * 10 >= window, "spread over {span} s, less than 10% of the {window} s window");
+        // No burst: about one a minute on average, and never ten within a minute.
+        let busiest = next_rounds.windows(10).map(|w| w[9] - w[0]).min().unwrap();
+        assert!(busiest >= 60, "ten refreshes within {busiest} s");
+        assert!(next_rounds.iter().all(|&t| t <= 7 * DAY / 2), "never after the window opens");
     }
 
     #[test]

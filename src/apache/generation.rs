@@ -155,7 +155,7 @@ fn report_load_order(compatibility: bool, tree: &Tree) {
 /// find). One line per finding, naming its vhosts. Returns how many certificates
 /// lack their chain, for the ready line's total.
 fn report_certificates(main: Server<'_>, registry: &Registry, tree: &Tree) -> usize {
-    let primed = |key: &CertKey| registry.handed_over.contains(key);
+    let primed = |key: &CertKey| registry.handed_over.contains_key(key);
     let main_files = tree.certs.get(&None).cloned().unwrap_or_default();
     let mut findings: Vec<(Finding, bool, Vec<String>)> = Vec::new();
     for server in main.with_following().filter(stapling_switched_on) {

@@ -39,6 +39,10 @@ const H_LEASE_SERIAL: usize = 5;
 const H_HIGH_WATER: usize = 6;
 /// Header word 7: 1 while the fleet tier is unreachable (0 in older regions: up).
 const H_FLEET_DOWN: usize = 7;
+/// Header words 64..192: when each group of alike alerts (responder host, cause) was
+/// last said, as (group hash, time) pairs in a direct-mapped table.
+const H_GROUPS: usize = 64;
+const GROUP_ENTRIES: usize = 64;
 
 /// Words per slot: one page.
 const SLOT_WORDS: usize = 512;
@@ -850,6 +854,22 @@ impl<'a> SharedStore<'a> {
             _ => true,
         };
         due && word.compare_exchange(current, Alert::to_word(kind, now), Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Claims the line of alert group `group` (a non-zero hash of responder host and
+    /// cause) once every `every`: true for the one process that should say it. Best
+    /// effort: two groups that share a table entry, or a race, cost an extra line.
+    pub fn claim_group(&self, group: u64, now: UnixTime, every: Duration) -> bool {
+        let group = group.max(1);
+        let entry = H_GROUPS + 2 * (group as usize % GROUP_ENTRIES);
+        let (id, at) = (&self.words[entry], &self.words[entry + 1]);
+        let said = at.load(Ordering::Acquire);
+        let due = id.load(Ordering::Acquire) != group || UnixTime::from_word(said).is_none_or(|t| now >= t.plus(every));
+        if !due || at.compare_exchange(said, now.to_word(), Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        id.store(group, Ordering::Release);
+        true
     }
 
     /// Ends the alert in force for `slot`; returns its kind for the one process that
