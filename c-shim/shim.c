@@ -33,6 +33,7 @@ const command_rec stapling_shim_cmds[] = {
     TAKE1("StaplingCompatibility", RSRC_CONF, "On|Off: also read mod_ssl's SSLUseStapling/SSLStapling* (default On)"),
     TAKE1("StaplingProxy", RSRC_CONF, "http://[user:password@]host:port: the HTTP proxy for every responder request (default: http_proxy/https_proxy/no_proxy from the environment)"),
     TAKE1("StaplingResponderCAFile", RSRC_CONF, "PEM file of CAs trusted for https:// responders, besides the system's"),
+    TAKE1("StaplingResponderRate", RSRC_CONF, "requests a second to one responder host, from the whole server: 0 (no limit) to 10000 (default 20)"),
     TAKE1("StaplingRequestMethod", RSRC_CONF, "auto|get|post: GET for small requests, as RFC 5019 prefers (default auto)"),
     /* Compatibility mode: read mod_ssl's directives, then let mod_ssl read them too. */
     TAKE1("SSLUseStapling", RSRC_CONF, NULL),

@@ -27,6 +27,10 @@ pub const MAX_RESPONDER_TIMEOUT_SECS: u64 = 300;
 /// responses are valid for days, never months, and the bound keeps every sum of times
 /// far from overflowing.
 pub const MAX_SPAN_SECS: u64 = 30 * 86_400;
+/// Default `StaplingResponderRate`: requests a second to one responder host.
+pub const DEFAULT_RESPONDER_RATE: u32 = 20;
+/// Largest `StaplingResponderRate`.
+pub const MAX_RESPONDER_RATE: u32 = 10_000;
 /// Smallest `StaplingCache` size in bytes (mod_ssl's shmcb refuses less, too).
 pub const MIN_CACHE_BYTES: usize = 8192;
 /// Largest `StaplingCache` size in bytes: 64 GiB. The size only caps the shared store
@@ -132,6 +136,8 @@ pub struct GlobalSettings {
     pub proxy: Option<Proxy>,
     /// `StaplingResponderCAFile`: CAs trusted for https:// responders, besides the system's.
     pub responder_ca_file: Option<String>,
+    /// `StaplingResponderRate`: requests a second to one responder host; 0 for no limit.
+    pub responder_rate: Option<u32>,
 }
 
 /// A parsed `StaplingCache` / `SSLStaplingCache` argument.
@@ -249,6 +255,11 @@ impl ServerConfig {
         self.global.cache.as_ref().filter(|c| !c.is_shared())
     }
 
+    /// `StaplingResponderRate`, or its default.
+    pub fn responder_rate(&self) -> u32 {
+        self.global.responder_rate.unwrap_or(DEFAULT_RESPONDER_RATE)
+    }
+
     /// The fleet tier: `StaplingCache memcache:…`/`redis:…`, else in compatibility mode
     /// the same in `SSLStaplingCache` (what the admin asked mod_ssl to share).
     pub fn fleet_spec(&self) -> Option<&CacheSpec> {
@@ -282,6 +293,16 @@ impl ServerConfig {
                 global_only(name, ctx)?;
                 self.global.proxy =
                     Some(Proxy::parse(arg, None).map_err(|e| ConfigError(format!("{name} '{}': {e}", shown(arg))))?);
+            }
+            "staplingresponderrate" => {
+                global_only(name, ctx)?;
+                let rate = digits(arg).and_then(|n| u32::try_from(n).ok()).filter(|n| *n <= MAX_RESPONDER_RATE);
+                self.global.responder_rate = Some(rate.ok_or_else(|| {
+                    ConfigError(format!(
+                        "{name}: expected requests a second from 0 (no limit) to {MAX_RESPONDER_RATE}, got '{}'",
+                        shown(arg)
+                    ))
+                })?);
             }
             "staplingrespondercafile" => {
                 global_only(name, ctx)?;

@@ -25,6 +25,10 @@ const STARTUP_PARALLELISM: usize = 32;
 const FIRST_RESPONSE_POLL: Duration = Duration::from_millis(10);
 /// A lease outlives the responder timeout by this much.
 const LEASE_SLACK: Duration = Duration::from_secs(10);
+/// Requests in flight to one responder host from the whole server.
+pub const IN_FLIGHT_PER_HOST: usize = 4;
+/// How soon the startup helper tries throttled certificates again.
+const THROTTLE_POLL: Duration = Duration::from_millis(50);
 /// How long restoring one stored response may hold its slot's lease.
 const RESTORE_LEASE: Duration = Duration::from_secs(10);
 
@@ -171,6 +175,10 @@ pub struct Runtime {
     pub http: HttpTransport,
     /// The tier shared with other servers, if one is configured.
     pub fleet: Option<Fleet>,
+    /// `StaplingResponderRate`: requests a second to one responder host (0: no limit).
+    pub responder_rate: u32,
+    /// Certificate indices in the order to fetch them: must-staple first.
+    order: Vec<usize>,
 }
 
 /// The fleet tier of a generation, and this server's name as a fleet lease holder.
@@ -219,6 +227,8 @@ pub enum Attempt {
     Stopped,
     /// Another server holds the fleet lease: its result is awaited from the tier.
     WaitingForFleet,
+    /// The responder host has all the requests it may get now; asked again shortly.
+    Throttled,
 }
 
 impl Runtime {
@@ -235,7 +245,23 @@ impl Runtime {
         let generation = store.bump_generation();
         let started = clock.now();
         let http = HttpTransport::default();
-        Ok(Runtime { store, certs, slots, by_key, disk, generation, clock, started, http, fleet: None })
+        let mut order: Vec<usize> = (0..certs.len()).collect();
+        order.sort_by_key(|&i| !certs[i].info.must_staple);
+        let responder_rate = crate::config::DEFAULT_RESPONDER_RATE;
+        Ok(Runtime {
+            store,
+            certs,
+            slots,
+            by_key,
+            disk,
+            generation,
+            clock,
+            started,
+            http,
+            fleet: None,
+            responder_rate,
+            order,
+        })
     }
 
     /// The handshake path: copy the stapleable response for `key` into `out`.
@@ -387,7 +413,18 @@ impl Runtime {
             FleetStep::Done(attempt) => return attempt,
             FleetStep::Fetch(lease) => lease,
         };
-        match self.fetch_and_validate(cert, slot, transport) {
+        let now = self.clock.now();
+        let host = fixed_hash(&responder_host(&cert.url));
+        let permit = self.store.begin_request(host, now, now.plus(lease_for), IN_FLIGHT_PER_HOST, self.responder_rate);
+        let Some(permit) = permit else {
+            // The responder has as many requests from this server as it should get now:
+            // still due, for the next pass (or the helper's next round).
+            self.store.abandon(lease);
+            return Attempt::Throttled;
+        };
+        let fetched = self.fetch_and_validate(cert, slot, transport);
+        self.store.end_request(permit);
+        match fetched {
             _ if stop.requested() => {
                 // Let another process take over at once rather than after the lease.
                 self.store.abandon(lease);
@@ -754,12 +791,8 @@ impl Runtime {
     /// The group of certificate `i`'s alert: its responder host, the alert and the
     /// failure, and whether it is must-staple (whose lines are errors of their own).
     fn alert_group(&self, i: usize, kind: u64, failure: u64) -> u64 {
-        use std::hash::{Hash, Hasher};
         let cert = &self.certs[i];
-        // Fixed keys: every process computes the same hash.
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (responder_host(&cert.url), kind, failure, cert.info.must_staple).hash(&mut h);
-        h.finish()
+        fixed_hash(&(responder_host(&cert.url), kind, failure, cert.info.must_staple))
     }
 
     /// How many other certificates of certificate `i`'s responder have the same alert
@@ -787,13 +820,25 @@ impl Runtime {
     /// (then `restored` tells the parent it may go on), then fetch what is due, all in
     /// parallel, while the children already serve. Ends early at `stop`.
     pub fn startup_pass(&self, restored: impl FnOnce(), transport: &dyn Transport, stop: &Stop) {
-        self.in_parallel(stop, |i| {
+        self.in_parallel(&self.order, stop, |i| {
             self.restore_from_disk(i);
         });
         restored();
-        self.in_parallel(stop, |i| {
-            self.refresh_if_due(i, transport, stop);
-        });
+        // Must-staple first; what the per-host limits hold back goes in the next round.
+        let mut todo = self.order.clone();
+        while !todo.is_empty() && !stop.requested() {
+            let throttled = std::sync::Mutex::new(Vec::new());
+            self.in_parallel(&todo, stop, |i| {
+                if self.refresh_if_due(i, transport, stop) == Attempt::Throttled {
+                    throttled.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+                }
+            });
+            todo = throttled.into_inner().unwrap_or_else(|e| e.into_inner());
+            todo.sort_by_key(|&i| !self.certs[i].info.must_staple);
+            if !todo.is_empty() {
+                stop.sleep(THROTTLE_POLL);
+            }
+        }
         if stop.requested() {
             return;
         }
@@ -813,18 +858,18 @@ impl Runtime {
         }
     }
 
-    /// Runs `work` for every certificate on a bounded number of threads, until `stop`.
-    fn in_parallel(&self, stop: &Stop, work: impl Fn(usize) + Sync) {
+    /// Runs `work` for each of `indices` on a bounded number of threads, until `stop`.
+    fn in_parallel(&self, indices: &[usize], stop: &Stop, work: impl Fn(usize) + Sync) {
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let workers = self.certs.len().min(STARTUP_PARALLELISM);
+        let workers = indices.len().min(STARTUP_PARALLELISM);
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= self.certs.len() || stop.requested() {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= indices.len() || stop.requested() {
                         return;
                     }
-                    work(i);
+                    work(indices[n]);
                 });
             }
         });
@@ -861,7 +906,10 @@ impl Runtime {
     /// when `stop` is requested or a newer generation took over, between certificates
     /// and during a fetch.
     pub fn refresh_pass(&self, transport: &dyn Transport, stop: &Stop) {
-        for i in 0..self.certs.len() {
+        // Certificates with nothing to staple (cold) first, must-staple first among them.
+        let cold = |&&i: &&usize| !self.store.state(self.slots[i]).stapleable_at(self.clock.now());
+        let (first, rest): (Vec<&usize>, Vec<&usize>) = self.order.iter().partition(cold);
+        for &i in first.into_iter().chain(rest) {
             if stop.requested() || self.superseded() {
                 return;
             }
@@ -871,7 +919,6 @@ impl Runtime {
     }
 }
 
-/// A failed fetch in words: an answer the responder gave, or why there was none.
 /// `scheme://host:port` of a responder URL, for grouping and for log lines.
 fn responder_host(url: &str) -> String {
     match url::Url::parse(url) {
@@ -880,6 +927,15 @@ fn responder_host(url: &str) -> String {
     }
 }
 
+/// A hash of `text` that every process computes alike (std's hasher with fixed keys).
+fn fixed_hash(text: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// A failed fetch in words: an answer the responder gave, or why there was none.
 fn fetch_failed(url: &str, e: &FetchError) -> String {
     match e {
         FetchError::HttpStatus(..) => format!("the responder {url} answered {e}"),

@@ -243,6 +243,7 @@ fn start_generation(main: &Server<'_>, registry: Registry) -> Result<Option<Arc<
         Ok(mut r) => {
             r.http = HttpTransport(Arc::new(responder_client(main_cfg)));
             r.fleet = fleet_tier(main, main_cfg);
+            r.responder_rate = main_cfg.responder_rate();
             Arc::new(r)
         }
         Err(e) => {

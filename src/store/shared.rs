@@ -43,6 +43,23 @@ const H_FLEET_DOWN: usize = 7;
 /// last said, as (group hash, time) pairs in a direct-mapped table.
 const H_GROUPS: usize = 64;
 const GROUP_ENTRIES: usize = 64;
+/// Header words 192..448: per responder host, the requests in flight and the rate, as
+/// entries of (host hash, the current second and the requests counted in it, a spare
+/// word, then one expiry time per request in flight), direct-mapped by host hash. Requests in flight are tokens with an
+/// expiry, so a process that dies mid-fetch frees its token when the expiry passes.
+const H_HOSTS: usize = 192;
+const HOST_ENTRIES: usize = 32;
+const HOST_WORDS: usize = 8;
+/// The most requests in flight to one responder host, from the whole server.
+pub const MAX_IN_FLIGHT_PER_HOST: usize = HOST_WORDS - 3;
+
+/// A request slot to one responder host, held while the request is in flight.
+#[derive(Debug)]
+#[must_use = "give the permit back with end_request"]
+pub struct HostPermit {
+    word: usize,
+    until: u64,
+}
 
 /// Words per slot: one page.
 const SLOT_WORDS: usize = 512;
@@ -856,6 +873,54 @@ impl<'a> SharedStore<'a> {
         due && word.compare_exchange(current, Alert::to_word(kind, now), Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
+    /// Takes a permit to send one request to the responder host `host` (a non-zero
+    /// hash): at most `in_flight` requests at once and `rate` a second (0: unlimited),
+    /// for every process of this server. The permit lapses at `lapse` if its holder
+    /// dies; give it back with [`end_request`](Self::end_request). `None`: wait.
+    pub fn begin_request(
+        &self,
+        host: u64,
+        now: UnixTime,
+        lapse: UnixTime,
+        in_flight: usize,
+        rate: u32,
+    ) -> Option<HostPermit> {
+        let host = host.max(1);
+        let entry = H_HOSTS + HOST_WORDS * (host as usize % HOST_ENTRIES);
+        // Hosts that share an entry share its limits: stricter, never looser.
+        self.words[entry].store(host, Ordering::Release);
+        let tokens = entry + 3..entry + 3 + in_flight.clamp(1, MAX_IN_FLIGHT_PER_HOST);
+        let token = tokens.into_iter().find(|&w| {
+            let held = self.words[w].load(Ordering::Acquire);
+            UnixTime::from_word(held).is_none_or(|until| until <= now)
+                && self.words[w].compare_exchange(held, lapse.to_word(), Ordering::AcqRel, Ordering::Acquire).is_ok()
+        })?;
+        let permit = HostPermit { word: token, until: lapse.to_word() };
+        if rate > 0 && !self.count_in_second(entry, now, rate) {
+            self.end_request(permit);
+            return None;
+        }
+        Some(permit)
+    }
+
+    /// Counts one request in host entry `entry`'s current second; false if `rate`
+    /// requests were already counted in it. Second and count share one word (second
+    /// << 24 | count), so that one compare-and-swap moves both.
+    fn count_in_second(&self, entry: usize, now: UnixTime, rate: u32) -> bool {
+        let this_second = now.to_word() & ((1 << 40) - 1);
+        self.words[entry + 1]
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| match (word >> 24, word & 0xff_ffff) {
+                (second, n) if second == this_second => (n < u64::from(rate)).then_some(word + 1),
+                _ => Some(this_second << 24 | 1),
+            })
+            .is_ok()
+    }
+
+    /// Gives back a permit of [`begin_request`](Self::begin_request).
+    pub fn end_request(&self, permit: HostPermit) {
+        let _ = self.words[permit.word].compare_exchange(permit.until, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     /// Claims the line of alert group `group` (a non-zero hash of responder host and
     /// cause) once every `every`: true for the one process that should say it. Best
     /// effort: two groups that share a table entry, or a race, cost an extra line.
@@ -1365,5 +1430,33 @@ mod tests {
         }
         writer.join().unwrap();
         assert!(seen.load(Ordering::Relaxed) >= 2000, "reads checked while writing");
+    }
+
+    #[test]
+    fn a_responder_host_gets_at_most_its_requests_in_flight_and_its_rate() {
+        let r = region(2);
+        let s = attach(&r);
+        let (now, lapse) = (UnixTime::from_secs(1000), UnixTime::from_secs(1020));
+        let permits: Vec<HostPermit> =
+            (0..4).map(|_| s.begin_request(7, now, lapse, 4, 0).expect("in flight")).collect();
+        assert!(s.begin_request(7, now, lapse, 4, 0).is_none(), "a fifth waits");
+        assert!(s.begin_request(8, now, lapse, 4, 0).is_some(), "another host has its own");
+        let mut permits = permits.into_iter();
+        s.end_request(permits.next().unwrap());
+        let again = s.begin_request(7, now, lapse, 4, 0).expect("one was given back");
+        // Holders that died: their permits lapse.
+        assert!(s.begin_request(7, now, lapse, 4, 0).is_none());
+        assert!(s.begin_request(7, lapse, lapse.plus(TTL), 4, 0).is_some(), "lapsed at {lapse:?}");
+        permits.for_each(|p| s.end_request(p));
+        s.end_request(again);
+
+        // 3 a second: the fourth in the same second waits, the next second has room.
+        let t = UnixTime::from_secs(5000);
+        for _ in 0..3 {
+            let p = s.begin_request(9, t, t.plus(TTL), 4, 3).expect("within the rate");
+            s.end_request(p);
+        }
+        assert!(s.begin_request(9, t, t.plus(TTL), 4, 3).is_none(), "rate reached");
+        assert!(s.begin_request(9, t.plus(Duration::from_secs(1)), t.plus(TTL), 4, 3).is_some());
     }
 }

@@ -554,6 +554,13 @@ impl Responder {
         json_u64(&body, "requests").unwrap_or_else(|| panic!("no \"requests\" in /_stats: {}", body))
     }
 
+    /// Fixture only: one number of `GET /_stats`, e.g. "max_in_flight".
+    pub fn stat(&self, key: &str) -> u64 {
+        let (st, body) = http_get(self.port, "/_stats");
+        assert_eq!(st, 200, "responder /_stats answered {}: {}", st, body);
+        json_u64(&body, key).unwrap_or_else(|| panic!("no \"{key}\" in /_stats: {body}"))
+    }
+
     /// Fixture only: zero the counters.
     pub fn reset_stats(&self) {
         self.set("reset_stats=1");
