@@ -59,6 +59,9 @@ fn graceful_restarts_do_not_grow_the_parent() {
     let apache = Apache::start(opts_with_leaves(&s.pki, &leaves, Mpm::Prefork, 2, "StaplingResponderTimeout 5\n"))
         .expect("apache");
     let ca = s.pki.path("root.crt");
+    // 51 certificates at StaplingResponderRate's 20 a second: all stapled within seconds.
+    let all_fetched = wait_until(Duration::from_secs(20), || s.responder.requests() >= 51);
+    assert!(all_fetched, "{} of 51 fetched", s.responder.requests());
     assert_good(&handshake_sni(apache.port(), &leaves[0].server_name, &ca), "before the restarts");
 
     for _ in 0..WARMUP {
