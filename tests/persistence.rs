@@ -147,6 +147,8 @@ fn hostile_store_files_never_crash_apache_and_are_never_stapled() {
         let mut o = ApacheOptions::new(s.pki.path("leaf2-chain.crt"), s.pki.path("leaf2.key"));
         o.vhost_conf = "Stapling on\n".into();
         let a2 = Apache::start(o).expect("apache for leaf2");
+        // Fetched and stored in the background, like leaf's above.
+        assert!(wait_until(Duration::from_secs(10), || !stored_files(&a2).is_empty()), "{}", a2.error_log());
         fs::read(stored_files(&a2).pop().expect("leaf2 file")).unwrap()
     };
     apache.stop();
