@@ -44,15 +44,11 @@ fn runtime(certs: usize) -> Runtime {
             let cert = dummy_cert(i as u32 + 1);
             let mut key = [0u8; 20];
             key[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            let pem = [cert.to_pem().unwrap(), cert.to_pem().unwrap()].concat();
+            let mut info = CertInfo::from_pem_chain(&pem).unwrap();
+            info.key = key;
             ManagedCert {
-                info: CertInfo {
-                    key,
-                    leaf: cert.clone(),
-                    issuer: cert,
-                    aia_ocsp_url: None,
-                    must_staple: false,
-                    label: format!("bench{i}"),
-                },
+                info,
                 settings: ServerConfig::default().effective(true),
                 url: "http://127.0.0.1:1/".into(),
                 vhosts: vec![],

@@ -104,8 +104,8 @@ pub struct Registry {
     pub certs: Vec<ManagedCert>,
     /// Index into `certs` by key.
     index: KeyMap<usize>,
-    /// Servers (by address) for which mod_ssl handed over at least one certificate.
-    pub primed_servers: std::collections::HashSet<usize>,
+    /// Servers (by address) for which mod_ssl handed over certificates, and how many.
+    pub primed_servers: std::collections::HashMap<usize, usize>,
     /// Certificates without a responder URL, with the line to log once at startup.
     pub no_url: Vec<(CertKey, String)>,
     no_url_keys: KeyMap<()>,
@@ -120,7 +120,7 @@ impl Registry {
         if !settings.enabled {
             return PrimeDecision::Off;
         }
-        self.primed_servers.insert(server);
+        *self.primed_servers.entry(server).or_default() += 1;
         let Some(url) = settings.force_url.clone().or_else(|| info.aia_ocsp_url.clone()) else {
             if self.no_url_keys.insert(info.key, ()).is_none() {
                 self.no_url.push((
@@ -1168,7 +1168,7 @@ mod tests {
         forced.force_url = Some("http://forced.example/".into());
         assert_eq!(reg.prime(noaia, forced, "f:443", 6), PrimeDecision::Take);
         assert_eq!(reg.certs[1].url, "http://forced.example/");
-        assert_eq!(reg.primed_servers, [1, 2, 4, 5, 6].into_iter().collect());
+        assert_eq!(reg.primed_servers, [(1, 1), (2, 1), (4, 1), (5, 1), (6, 1)].into_iter().collect());
     }
 
     #[test]

@@ -67,7 +67,7 @@ fn identity(cert: &CertInfo) -> Option<String> {
     let mut h = Hasher::new(MessageDigest::sha256()).ok()?;
     h.update(&cert.issuer.subject_name().to_der().ok()?).ok()?;
     h.update(&cert.issuer.public_key().ok()?.public_key_to_der().ok()?).ok()?;
-    h.update(&cert.leaf.serial_number().to_bn().ok()?.to_vec()).ok()?;
+    h.update(&cert.leaf().ok()?.serial_number().to_bn().ok()?.to_vec()).ok()?;
     Some(h.finish().ok()?.iter().map(|b| format!("{b:02x}")).collect())
 }
 

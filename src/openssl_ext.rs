@@ -433,8 +433,7 @@ mod tests {
     #[test]
     fn nonce_round_trips_through_a_responder() {
         let leaf = cert_info("leaf");
-        let id = openssl::ocsp::OcspCertId::from_cert(openssl::hash::MessageDigest::sha1(), &leaf.leaf, &leaf.issuer)
-            .unwrap();
+        let id = leaf.cert_id().unwrap();
         let mut request = OcspRequest::new().unwrap();
         request.add_id(id).unwrap();
         let nonce: Vec<u8> = (1..=16).collect();

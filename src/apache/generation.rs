@@ -12,7 +12,7 @@ use super::conftree::{self, CertFiles, Tree};
 use super::handles::{text, Pool, Server, Userdata};
 use super::socache::SocacheTier;
 use super::{ffi, process, shm};
-use crate::cert::{CertInfo, CertKey};
+use crate::cert::{CertInfo, CertKey, Issuers};
 use crate::config::ServerConfig;
 use crate::diagnose::{self, Finding};
 use crate::engine::{bounded, Fleet, ManagedCert, PrimeDecision, Registry, Runtime};
@@ -39,6 +39,7 @@ const STORE_GRACE: Duration = Duration::from_secs(7 * 86_400);
 #[derive(Default)]
 struct Pass {
     registry: Registry,
+    issuers: Issuers,
     notes: Vec<String>,
     compat_warnings: Vec<String>,
 }
@@ -74,16 +75,17 @@ pub(super) fn prime(server: &Server<'_>, key: CertKey, pem: &str) -> bool {
         return false;
     }
     let vhost = server.label();
-    let mut info = match CertInfo::from_pem_chain(pem.as_bytes()) {
-        Ok(info) => info,
-        Err(e) => {
-            error!("vhost {vhost}: {e}; this certificate is not stapled");
-            return false;
-        }
-    };
-    info.key = key;
-    let decision =
-        with_pass(server.config_pool(), |p| p.registry.prime(info, settings, &vhost, server.as_ptr() as usize));
+    let decision = with_pass(server.config_pool(), |p| {
+        let mut info = match CertInfo::from_pem_chain_sharing(pem.as_bytes(), &mut p.issuers) {
+            Ok(info) => info,
+            Err(e) => {
+                error!("vhost {vhost}: {e}; this certificate is not stapled");
+                return PrimeDecision::Off;
+            }
+        };
+        info.key = key;
+        p.registry.prime(info, settings, &vhost, server.as_ptr() as usize)
+    });
     decision == PrimeDecision::Take
 }
 
@@ -161,7 +163,13 @@ fn report_certificates(main: Server<'_>, registry: &Registry, tree: &Tree) -> us
     for server in main.with_following().filter(stapling_switched_on) {
         let own = tree.certs.get(&server.definition()).filter(|c| !c.files.is_empty());
         let files = own.unwrap_or(&main_files);
-        let any_primed = registry.primed_servers.contains(&(server.as_ptr() as usize));
+        let primed_here = registry.primed_servers.get(&(server.as_ptr() as usize)).copied().unwrap_or(0);
+        let any_primed = primed_here > 0;
+        // One leaf per file: a server with as many certificates handed over as files
+        // has nothing to diagnose, and its files are not read again.
+        if primed_here >= files.files.len() && any_primed {
+            continue;
+        }
         if files.files.is_empty() && !any_primed {
             info!(
                 "vhost {}: Stapling is on, but mod_ssl handed over no certificate and no SSLCertificateFile \

@@ -1,7 +1,6 @@
 //! The OCSP request for one certificate.
 
-use openssl::hash::MessageDigest;
-use openssl::ocsp::{OcspCertId, OcspRequest};
+use openssl::ocsp::OcspRequest;
 
 use crate::cert::CertInfo;
 use crate::openssl_ext::RequestExt;
@@ -12,8 +11,7 @@ const NONCE_LEN: usize = 16;
 /// A DER OCSPRequest with a SHA-1 CertID (what responders expect, RFC 5019 §2.1.1), and
 /// the nonce it carries, if one was asked for.
 pub fn build_request(cert: &CertInfo, use_nonce: bool) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
-    let id = OcspCertId::from_cert(MessageDigest::sha1(), &cert.leaf, &cert.issuer)
-        .map_err(|e| format!("cannot build the OCSP CertID: {e}"))?;
+    let id = cert.cert_id().map_err(|e| format!("cannot build the OCSP CertID: {e}"))?;
     let mut req = OcspRequest::new().map_err(|e| format!("cannot build the OCSP request: {e}"))?;
     req.add_id(id).map_err(|e| format!("cannot build the OCSP request: {e}"))?;
     let nonce = if use_nonce { Some(add_random_nonce(&mut req)?) } else { None };

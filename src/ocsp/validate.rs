@@ -4,11 +4,8 @@ use std::fmt;
 use std::time::Duration;
 
 use openssl::asn1::Asn1GeneralizedTimeRef;
-use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::ocsp::{
-    OcspBasicResponseRef, OcspCertId, OcspCertStatus, OcspFlag, OcspResponseStatus, OcspRevokedStatus,
-};
+use openssl::ocsp::{OcspBasicResponseRef, OcspCertStatus, OcspFlag, OcspResponseStatus, OcspRevokedStatus};
 use openssl::pkey::{PKeyRef, Public};
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
@@ -146,8 +143,7 @@ pub fn validate(der_bytes: &[u8], cert: &CertInfo, policy: &Policy, now: UnixTim
     }
     let basic = response.basic().map_err(|_| Rejection::NotBasic)?;
     verify_signature(&basic, cert)?;
-    let id = OcspCertId::from_cert(MessageDigest::sha1(), &cert.leaf, &cert.issuer)
-        .map_err(|e| Rejection::NotOcsp(first_error(&e)))?;
+    let id = cert.cert_id().map_err(|e| Rejection::NotOcsp(first_error(&e)))?;
     let single = basic.find_status(&id).ok_or(Rejection::WrongCert)?;
     let this_update = read_time(single.this_update)?;
     let next_update = single.next_update().map(read_time).transpose()?;
@@ -312,7 +308,7 @@ mod tests {
     fn mutated_responses_never_panic_and_never_pass() {
         let good = good_leaf_response();
         let cert = testpki::cert_info("leaf");
-        let id = OcspCertId::from_cert(MessageDigest::sha1(), &cert.leaf, &cert.issuer).unwrap();
+        let id = cert.cert_id().unwrap();
         let now = unix_now();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
@@ -621,7 +617,7 @@ mod tests {
     fn unwrapped_nonce_is_accepted() {
         use crate::openssl_ext::RequestExt;
         let leaf = cert_info("leaf");
-        let id = OcspCertId::from_cert(MessageDigest::sha1(), &leaf.leaf, &leaf.issuer).unwrap();
+        let id = leaf.cert_id().unwrap();
         let mut req = openssl::ocsp::OcspRequest::new().unwrap();
         req.add_id(id).unwrap();
         let nonce = vec![0x5a; 16];

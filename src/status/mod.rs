@@ -12,8 +12,6 @@ mod metrics;
 
 use std::ffi::CStr;
 
-use openssl::x509::X509Ref;
-
 use crate::cert::hex;
 use crate::engine::Runtime;
 use crate::store::{SlotState, SlotStatus, Source};
@@ -87,8 +85,8 @@ impl Row {
     fn of(runtime: &Runtime, i: usize) -> Row {
         let cert = &runtime.certs[i];
         Row {
-            subject: subject_of(&cert.info.leaf),
-            serial: serial_of(&cert.info.leaf),
+            subject: cert.info.subject.clone(),
+            serial: cert.info.serial.clone(),
             id: hex(&cert.info.key),
             vhosts: cert.vhosts.clone(),
             url: cert.url.clone(),
@@ -197,26 +195,6 @@ pub fn render(format: Format, snapshot: Option<&Snapshot>) -> String {
     }
 }
 
-/// The subject's attributes, most specific first, as "CN=a, O=b, C=c".
-fn subject_of(cert: &X509Ref) -> String {
-    let parts: Vec<String> = cert
-        .subject_name()
-        .entries()
-        .map(|e| {
-            let name = e.object().nid().short_name().unwrap_or("?");
-            let value = e.data().to_string().map(|s| s.to_string()).unwrap_or_else(|_| "?".into());
-            format!("{name}={value}")
-        })
-        .collect();
-    parts.into_iter().rev().collect::<Vec<_>>().join(", ")
-}
-
-/// The serial number in upper-case hex, as `openssl` prints it.
-fn serial_of(cert: &X509Ref) -> String {
-    let bn = cert.serial_number().to_bn().ok();
-    bn.and_then(|b| b.to_hex_str().ok().map(|s| s.to_string())).unwrap_or_default()
-}
-
 /// A span in seconds as "3d 4h", "4h 5m", "5m 3s" or "12s" (sign dropped).
 pub(crate) fn span(secs: i64) -> String {
     let s = secs.unsigned_abs();
@@ -242,7 +220,6 @@ pub(crate) fn relative(now: UnixTime, t: UnixTime) -> String {
 pub(crate) mod tests {
     use super::*;
     use crate::failure::Failure;
-    use crate::testpki;
 
     pub(crate) const NOW: i64 = 1_800_000_000;
 
@@ -339,16 +316,6 @@ pub(crate) mod tests {
         // Past staple_until, a good response is no longer stapled.
         let later = UnixTime::from_secs(NOW + 4 * 86_400);
         assert_eq!(s.rows[0].status(later), "none");
-    }
-
-    #[test]
-    fn subject_and_serial_of_a_certificate() {
-        let info = testpki::cert_info("leaf");
-        let subject = subject_of(&info.leaf);
-        assert!(subject.starts_with("CN="), "{subject}");
-        let serial = serial_of(&info.leaf);
-        assert!(!serial.is_empty() && serial.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase()));
-        assert!(info.label.contains(&serial), "{} vs {serial}", info.label);
     }
 
     #[test]
