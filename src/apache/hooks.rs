@@ -219,10 +219,8 @@ pub unsafe extern "C" fn stapling_rs_post_config(
         // SAFETY: Apache passes the live main server of this configuration.
         let Some(main) = (unsafe { Server::from_raw(s) }) else { return ffi::OK };
         aplog::init(main.as_ptr());
-        // SAFETY: a plain query of Apache's state.
-        let state = unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE as c_int) };
         // Not the dry run, whose config pool is cleared unused.
-        if state != ffi::AP_SQ_MS_CREATE_PRE_CONFIG as c_int && generation::finish(main).is_err() {
+        if !generation::is_dry_run() && generation::finish(main).is_err() {
             return ffi::HTTP_INTERNAL_SERVER_ERROR;
         }
         ffi::OK

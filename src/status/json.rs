@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::{Row, Snapshot, VERSION};
+use crate::store::Usage;
 use crate::time::UnixTime;
 
 /// `text` as a JSON string literal, quotes included.
@@ -39,14 +40,23 @@ pub(super) fn document(snapshot: Option<&Snapshot>) -> String {
     };
     let rows: Vec<String> = s.rows.iter().map(|r| certificate(s.now, r)).collect();
     format!(
-        "{{\"version\":{},\"stapling\":true,\"started\":{},\"now\":{},\"fleet\":{},\"certificates\":[{}]}}\n",
+        "{{\"version\":{},\"stapling\":true,\"started\":{},\"now\":{},\"fleet\":{},\"shared_store\":{},\
+         \"certificates\":[{}]}}\n",
         string(s.version),
         time(Some(s.started)),
         time(Some(s.now)),
         s.fleet
             .as_ref()
             .map_or_else(|| "null".into(), |(tier, up)| format!("{{\"tier\":{},\"reachable\":{up}}}", string(tier))),
+        shared_store(&s.store),
         rows.join(",")
+    )
+}
+
+fn shared_store(u: &Usage) -> String {
+    format!(
+        "{{\"bytes\":{},\"slots\":{},\"slots_used\":{},\"large_buffers\":{},\"large_in_use\":{}}}",
+        u.bytes, u.slots, u.slots_used, u.large_buffers, u.large_in_use
     )
 }
 
@@ -105,6 +115,9 @@ mod tests {
         assert_eq!(doc["stapling"], true);
         assert_eq!(doc["fleet"]["tier"], "memcache:10.0.0.5:11211");
         assert_eq!(doc["fleet"]["reachable"], false);
+        assert_eq!(doc["shared_store"]["bytes"], 10 << 20);
+        assert_eq!(doc["shared_store"]["slots_used"], 2);
+        assert_eq!(doc["shared_store"]["large_in_use"], 1);
         assert_eq!(doc["started"], "2027-01-15T07:50:00Z");
         let certs = doc["certificates"].as_array().unwrap();
         assert_eq!(certs.len(), 2);

@@ -54,6 +54,16 @@ fn per_certificate(out: &mut String, s: &Snapshot) {
         let value = [(format!("tier=\"{}\"", label(tier)), u8::from(*up).to_string())];
         family(out, "mod_stapling_fleet_up", "gauge", help, &value);
     }
+    let help = "Bytes of the shared store's mapping (only the pages in use take memory).";
+    family(out, "mod_stapling_shared_store_bytes", "gauge", help, &[(String::new(), s.store.bytes.to_string())]);
+    let help = "Slots of the shared store that hold a certificate (a page each).";
+    family(
+        out,
+        "mod_stapling_shared_store_slots_used",
+        "gauge",
+        help,
+        &[(String::new(), s.store.slots_used.to_string())],
+    );
     let started = [(String::new(), s.started.secs().to_string())];
     let help = "When this configuration generation started, in seconds since the epoch.";
     family(out, "mod_stapling_generation_start_time_seconds", "gauge", help, &started);

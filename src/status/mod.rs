@@ -14,7 +14,7 @@ use std::ffi::CStr;
 
 use crate::cert::hex;
 use crate::engine::Runtime;
-use crate::store::{SlotState, SlotStatus, Source};
+use crate::store::{SlotState, SlotStatus, Source, Usage};
 use crate::time::UnixTime;
 
 pub use html::{server_status, Section};
@@ -56,6 +56,8 @@ pub struct Snapshot {
     pub rows: Vec<Row>,
     /// The fleet tier (as configured) and whether it answers, if there is one.
     pub fleet: Option<(String, bool)>,
+    /// The shared store's size and use.
+    pub store: Usage,
 }
 
 /// The outcome of the last request to the responder.
@@ -140,6 +142,7 @@ impl Snapshot {
             now: runtime.clock.now(),
             rows: (0..runtime.certs.len()).map(|i| Row::of(runtime, i)).collect(),
             fleet: runtime.fleet.as_ref().map(|f| (f.tier.describe().to_string(), !runtime.store.fleet_down())),
+            store: runtime.store.usage(),
         }
     }
 
@@ -292,6 +295,7 @@ pub(crate) mod tests {
             now: UnixTime::from_secs(NOW),
             rows: vec![good, evil],
             fleet: Some(("memcache:10.0.0.5:11211".into(), false)),
+            store: Usage { bytes: 10 << 20, slots: 64, slots_used: 2, large_buffers: 16, large_in_use: 1 },
         }
     }
 

@@ -6,5 +6,5 @@ pub mod shared;
 pub use disk::DiskStore;
 pub use shared::{
     supersedes, CapTooSmall, Layout, Lease, Publish, Published, Schedule, SharedStore, SlotState, SlotStatus, Source,
-    StapleBuffer, StoreError, INLINE_DER_BYTES, LARGE_DER_BYTES, LAYOUT_VERSION,
+    StapleBuffer, StoreError, Usage, INLINE_DER_BYTES, LARGE_DER_BYTES, LAYOUT_VERSION,
 };

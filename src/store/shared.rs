@@ -132,6 +132,22 @@ pub struct Layout {
     pub large: usize,
 }
 
+/// The region's size and use. Only touched pages take memory, so `bytes` is an upper
+/// bound: used slots take a page each, and a large buffer only the pages its response fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes mapped.
+    pub bytes: usize,
+    /// Slots in the region.
+    pub slots: usize,
+    /// Slots that have held a certificate.
+    pub slots_used: usize,
+    /// 64 KiB buffers for responses that do not fit in a slot.
+    pub large_buffers: usize,
+    /// Large buffers holding a response.
+    pub large_in_use: usize,
+}
+
 /// A `StaplingCache` size too small for the configured certificates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CapTooSmall {
@@ -449,6 +465,19 @@ impl<'a> SharedStore<'a> {
     /// Number of slots.
     pub fn slots(&self) -> usize {
         self.layout.slots
+    }
+
+    /// How much of the region is mapped and in use, for the status page.
+    pub fn usage(&self) -> Usage {
+        let large_in_use =
+            (0..self.layout.large).filter(|&b| self.owner(b).load(Ordering::Acquire) & 0xffff_ffff != 0).count();
+        Usage {
+            bytes: self.layout.bytes(),
+            slots: self.layout.slots,
+            slots_used: self.high_water(),
+            large_buffers: self.layout.large,
+            large_in_use,
+        }
     }
 
     /// Slots that have ever held a key; the ones above were never touched.
