@@ -21,6 +21,8 @@ use crate::transport::{HttpTransport, Stop, Transport};
 
 /// Fetches the startup helper runs at once.
 const STARTUP_PARALLELISM: usize = 32;
+/// How long a startup worker holds back while a wanted certificate waits for a permit.
+const WANTED_YIELD: Duration = Duration::from_millis(5);
 /// How often a handshake waiting for a first response looks at the slot.
 const FIRST_RESPONSE_POLL: Duration = Duration::from_millis(10);
 /// A lease outlives the responder timeout by this much.
@@ -163,6 +165,8 @@ pub struct Runtime {
     pub slots: Vec<usize>,
     /// Lookup from mod_ssl's id to the index in `certs`.
     pub by_key: KeyMap<usize>,
+    /// Lookup from a slot to the index in `certs`.
+    by_slot: std::collections::HashMap<usize, usize>,
     /// On-disk copies, unless `StaplingStore none` or unwritable.
     pub disk: Option<DiskStore>,
     /// The store generation this runtime belongs to.
@@ -242,6 +246,7 @@ impl Runtime {
         let keys: Vec<CertKey> = certs.iter().map(|c| c.info.key).collect();
         let slots = store.assign(&keys, clock.now())?;
         let by_key = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+        let by_slot = slots.iter().enumerate().map(|(i, &slot)| (slot, i)).collect();
         let generation = store.bump_generation();
         let started = clock.now();
         let http = HttpTransport::default();
@@ -253,6 +258,7 @@ impl Runtime {
             certs,
             slots,
             by_key,
+            by_slot,
             disk,
             generation,
             clock,
@@ -284,6 +290,12 @@ impl Runtime {
             return Some(true);
         }
         let wait = if cert.info.must_staple { cert.settings.responder_timeout } else { cert.settings.startup_wait };
+        if wait.is_zero() || !self.awaits_first_response(slot) {
+            return Some(false);
+        }
+        // The fetcher takes it next, so that the wait is short even in a cold start of
+        // thousands of certificates held to the responder rate.
+        self.store.want(slot);
         let deadline = std::time::Instant::now() + wait;
         while self.awaits_first_response(slot) && std::time::Instant::now() < deadline {
             std::thread::sleep(FIRST_RESPONSE_POLL);
@@ -292,6 +304,17 @@ impl Runtime {
             }
         }
         Some(false)
+    }
+
+    /// The next certificate a handshake is waiting for that still has nothing to staple.
+    fn next_wanted(&self) -> Option<usize> {
+        while let Some(slot) = self.store.next_wanted() {
+            let Some(&i) = self.by_slot.get(&slot) else { continue };
+            if !self.store.state(slot).stapleable_at(self.clock.now()) {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// True while `slot` has never held a response and its first fetch has not failed.
@@ -820,7 +843,7 @@ impl Runtime {
     /// (then `restored` tells the parent it may go on), then fetch what is due, all in
     /// parallel, while the children already serve. Ends early at `stop`.
     pub fn startup_pass(&self, restored: impl FnOnce(), transport: &dyn Transport, stop: &Stop) {
-        self.in_parallel(&self.order, stop, |i| {
+        self.in_parallel(&self.order, stop, false, |i, _| {
             self.restore_from_disk(i);
         });
         restored();
@@ -828,8 +851,12 @@ impl Runtime {
         let mut todo = self.order.clone();
         while !todo.is_empty() && !stop.requested() {
             let throttled = std::sync::Mutex::new(Vec::new());
-            self.in_parallel(&todo, stop, |i| {
+            self.in_parallel(&todo, stop, true, |i, wanted| {
                 if self.refresh_if_due(i, transport, stop) == Attempt::Throttled {
+                    // A handshake waits for it: first again in the next round.
+                    if wanted {
+                        self.store.want(self.slots[i]);
+                    }
                     throttled.lock().unwrap_or_else(|e| e.into_inner()).push(i);
                 }
             });
@@ -858,21 +885,41 @@ impl Runtime {
         }
     }
 
-    /// Runs `work` for each of `indices` on a bounded number of threads, until `stop`.
-    fn in_parallel(&self, indices: &[usize], stop: &Stop, work: impl Fn(usize) + Sync) {
+    /// Runs `work` for each of `indices` on a bounded number of threads, until `stop`;
+    /// with `wanted_first`, a certificate a handshake waits for goes before the next one.
+    fn in_parallel(&self, indices: &[usize], stop: &Stop, wanted_first: bool, work: impl Fn(usize, bool) + Sync) {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let workers = indices.len().min(STARTUP_PARALLELISM);
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| loop {
+                    if wanted_first && self.take_wanted_turn(stop, &work) {
+                        continue;
+                    }
                     let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if n >= indices.len() || stop.requested() {
                         return;
                     }
-                    work(indices[n]);
+                    work(indices[n], false);
                 });
             }
         });
+    }
+
+    /// With a certificate a handshake waits for, works on it, or (when another worker
+    /// has it) holds back, so that the responder rate goes to it first; false when
+    /// nobody waits.
+    fn take_wanted_turn(&self, stop: &Stop, work: &impl Fn(usize, bool)) -> bool {
+        if let Some(i) = self.next_wanted() {
+            work(i, true);
+        } else if !self.store.has_wanted() {
+            return false;
+        }
+        // Still wanted: throttled, or another worker has it.
+        if self.store.has_wanted() {
+            stop.sleep(WANTED_YIELD);
+        }
+        true
     }
 
     /// Creates or checks the store directory as the server user (in the startup helper;
@@ -912,6 +959,12 @@ impl Runtime {
         for &i in first.into_iter().chain(rest) {
             if stop.requested() || self.superseded() {
                 return;
+            }
+            while let Some(wanted) = self.next_wanted() {
+                if self.refresh_if_due(wanted, transport, stop) == Attempt::Throttled {
+                    self.store.want(self.slots[wanted]);
+                    break;
+                }
             }
             self.refresh_if_due(i, transport, stop);
         }
@@ -1169,6 +1222,41 @@ mod tests {
         assert_eq!(reg.prime(noaia, forced, "f:443", 6), PrimeDecision::Take);
         assert_eq!(reg.certs[1].url, "http://forced.example/");
         assert_eq!(reg.primed_servers, [(1, 1), (2, 1), (4, 1), (5, 1), (6, 1)].into_iter().collect());
+    }
+
+    #[test]
+    fn a_certificate_a_handshake_waits_for_is_fetched_first() {
+        let words: &'static [AtomicU64] =
+            Box::leak((0..Layout::for_certs(4).words()).map(|_| AtomicU64::new(0)).collect());
+        let store = SharedStore::attach(words, Layout::for_certs(4), 4).unwrap();
+        let mut waiting = managed("leaf2");
+        waiting.settings.startup_wait = Duration::from_millis(30);
+        let clock = Arc::new(ManualClock::at(SystemClock.now()));
+        let rt = Runtime::new(store, vec![managed("leaf"), waiting], None, clock).unwrap();
+        assert_eq!(rt.next_wanted(), None);
+        let key2 = rt.certs[1].info.key;
+        assert_eq!(rt.staple_or_wait(&key2, &mut StapleBuffer::default()), Some(false), "nothing yet");
+        assert_eq!(rt.next_wanted(), Some(1), "the handshake asked for it");
+        rt.store.want(rt.slots[1]);
+        // The refresher takes it before the certificate that comes first in order.
+        let asked = Mutex::new(Vec::new());
+        struct Recording<'a>(&'a Mutex<Vec<Vec<u8>>>);
+        impl Transport for Recording<'_> {
+            fn fetch(&self, x: &Exchange) -> Result<Vec<u8>, FetchError> {
+                self.0.lock().unwrap().push(x.request.clone());
+                Err(FetchError::Timeout)
+            }
+        }
+        rt.refresh_pass(&Recording(&asked), &Stop::default());
+        let asked = asked.into_inner().unwrap();
+        let request_for = |i: usize| crate::ocsp::build_request(&rt.certs[i].info, false).unwrap().0;
+        assert_eq!(asked.first(), Some(&request_for(1)), "{} requests", asked.len());
+        assert!(asked.contains(&request_for(0)));
+        // Once it has a response, a wish for it is dropped.
+        let (rt1, _) = runtime_with_clock(None);
+        refresh(&rt1, &Scripted::new(vec![Ok(good())]));
+        rt1.store.want(rt1.slots[0]);
+        assert_eq!(rt1.next_wanted(), None);
     }
 
     #[test]

@@ -50,6 +50,13 @@ const GROUP_ENTRIES: usize = 64;
 const H_HOSTS: usize = 192;
 const HOST_ENTRIES: usize = 32;
 const HOST_WORDS: usize = 8;
+/// Header words 448..512: certificates a handshake is waiting for (their first
+/// response), so that the fetcher takes them before the rest: a push counter, a pop
+/// counter, then a ring of slot numbers plus one (0: empty).
+const H_WANTED_PUSHED: usize = 448;
+const H_WANTED_POPPED: usize = 449;
+const H_WANTED: usize = 450;
+const WANTED_ENTRIES: usize = HEADER_WORDS - H_WANTED;
 /// The most requests in flight to one responder host, from the whole server.
 pub const MAX_IN_FLIGHT_PER_HOST: usize = HOST_WORDS - 3;
 
@@ -950,6 +957,45 @@ impl<'a> SharedStore<'a> {
         let _ = self.words[permit.word].compare_exchange(permit.until, 0, Ordering::AcqRel, Ordering::Acquire);
     }
 
+    /// Asks for `slot` to be fetched before the others (a handshake waits for its
+    /// first response). Lock-free and best effort: a slot already waiting is not added
+    /// twice, and when the ring is full the oldest wishes are dropped (those
+    /// certificates are still fetched in their turn).
+    pub fn want(&self, slot: usize) {
+        let entry = slot as u64 + 1;
+        let ring = &self.words[H_WANTED..HEADER_WORDS];
+        if ring.iter().any(|w| w.load(Ordering::Relaxed) == entry) {
+            return;
+        }
+        let n = self.words[H_WANTED_PUSHED].fetch_add(1, Ordering::AcqRel);
+        ring[n as usize % WANTED_ENTRIES].store(entry, Ordering::Release);
+    }
+
+    /// True if a handshake's wish is on the ring.
+    pub fn has_wanted(&self) -> bool {
+        self.words[H_WANTED_POPPED].load(Ordering::Acquire) < self.words[H_WANTED_PUSHED].load(Ordering::Acquire)
+    }
+
+    /// The oldest slot a handshake is waiting for, taken off the ring.
+    pub fn next_wanted(&self) -> Option<usize> {
+        let (pushed, popped) = (&self.words[H_WANTED_PUSHED], &self.words[H_WANTED_POPPED]);
+        loop {
+            let (head, tail) = (pushed.load(Ordering::Acquire), popped.load(Ordering::Acquire));
+            if tail >= head {
+                return None;
+            }
+            // Entries overwritten by newer pushes are skipped.
+            let tail_now = tail.max(head - (WANTED_ENTRIES as u64).min(head));
+            if popped.compare_exchange(tail, tail_now + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                continue;
+            }
+            let entry = self.words[H_WANTED + tail_now as usize % WANTED_ENTRIES].swap(0, Ordering::AcqRel);
+            if let Some(slot) = entry.checked_sub(1).and_then(|s| usize::try_from(s).ok()) {
+                return Some(slot);
+            }
+        }
+    }
+
     /// Claims the line of alert group `group` (a non-zero hash of responder host and
     /// cause) once every `every`: true for the one process that should say it. Best
     /// effort: two groups that share a table entry, or a race, cost an extra line.
@@ -1083,6 +1129,50 @@ mod tests {
 
     fn revoked(der: &[u8], this_update: i64, until: i64) -> Publish<'_> {
         Publish { status: SlotStatus::Revoked, ..good(der, this_update, until) }
+    }
+
+    #[test]
+    fn wanted_slots_come_out_oldest_first_once_each() {
+        let r = region(4);
+        let s = attach(&r);
+        assert_eq!(s.next_wanted(), None);
+        s.want(2);
+        s.want(0);
+        s.want(2);
+        assert!(s.has_wanted());
+        assert_eq!((s.next_wanted(), s.next_wanted(), s.next_wanted()), (Some(2), Some(0), None));
+        assert!(!s.has_wanted());
+        s.want(2);
+        assert_eq!(s.next_wanted(), Some(2), "wanted again once taken");
+    }
+
+    #[test]
+    fn a_full_wanted_ring_drops_the_oldest_wishes() {
+        let r = region(200);
+        let s = attach(&r);
+        (0..WANTED_ENTRIES + 5).for_each(|slot| s.want(slot));
+        let taken: Vec<usize> = std::iter::from_fn(|| s.next_wanted()).collect();
+        assert_eq!(taken, (5..WANTED_ENTRIES + 5).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn wanted_slots_are_taken_once_across_threads() {
+        let r = Arc::new(region(100));
+        let s = attach(&r);
+        (0..WANTED_ENTRIES).for_each(|slot| s.want(slot));
+        let taken = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    while let Some(slot) = s.next_wanted() {
+                        taken.lock().unwrap().push(slot);
+                    }
+                });
+            }
+        });
+        let mut taken = taken.into_inner().unwrap();
+        taken.sort();
+        assert_eq!(taken, (0..WANTED_ENTRIES).collect::<Vec<_>>());
     }
 
     /// Publishes under a fresh lease at time `now` and releases it.
