@@ -1,4 +1,4 @@
-//! Shared parts of the Apache benchmarks `compare` and `handshake_cost`
+//! Shared parts of the Apache benchmarks `compare`, `handshake_cost` and `scale`
 //! (tools/bench/src/bin/): environment knobs, the four server configurations, the TLS
 //! client, the staple check and the machine description for the reports.
 //!
@@ -80,6 +80,10 @@ pub fn cert_setting(cert: &str) -> &'static str {
 // the four configurations
 // ---------------------------------------------------------------------------
 
+/// mod_ssl's `SSLStaplingCache` size in [`Kind::options`]: room for a few dozen
+/// responses, enough for one certificate.
+pub const SSL_STAPLING_CACHE_BYTES: usize = 128_000;
+
 /// One server configuration: no stapling, mod_ssl `SSLUseStapling`, mod_md
 /// `MDStapling` + `MDStapleOthers`, or mod_stapling `Stapling on`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -146,14 +150,15 @@ impl Kind {
         o.children = children;
         o.server_root = Some(root.to_path_buf());
         o.load_stapling = self == Kind::Stapling;
-        o.global_conf = self.global_conf(md_store);
+        o.global_conf = self.global_conf(md_store, SSL_STAPLING_CACHE_BYTES);
         o.vhost_conf = self.vhost_conf().into();
         o
     }
 
-    /// Lines at global scope. The harness logs at info (stapling:debug); measure at
-    /// warn everywhere.
-    fn global_conf(self, md_store: &Path) -> String {
+    /// Lines at global scope, with an `SSLStaplingCache` of `ssl_cache_bytes` for
+    /// [`Kind::ModSsl`]. The harness logs at info (stapling:debug); measure at warn
+    /// everywhere.
+    pub fn global_conf(self, md_store: &Path, ssl_cache_bytes: usize) -> String {
         let mut g = String::from("LogLevel warn ssl:warn");
         if self == Kind::Stapling {
             g.push_str(" stapling:warn");
@@ -161,7 +166,9 @@ impl Kind {
         g.push('\n');
         match self {
             Kind::None | Kind::Stapling => {}
-            Kind::ModSsl => g.push_str("SSLStaplingCache shmcb:ssl_stapling(128000)\n"),
+            Kind::ModSsl => {
+                let _ = writeln!(g, "SSLStaplingCache shmcb:ssl_stapling({ssl_cache_bytes})");
+            }
             Kind::ModMd => {
                 let m = Path::new(APACHE_MODULES);
                 // Debian builds mod_watchdog into the server binary; load it only if not.
@@ -178,8 +185,8 @@ impl Kind {
         g
     }
 
-    /// Lines inside the SSL <VirtualHost>.
-    fn vhost_conf(self) -> &'static str {
+    /// Lines inside each SSL <VirtualHost>.
+    pub fn vhost_conf(self) -> &'static str {
         match self {
             Kind::None | Kind::ModMd => "",
             Kind::ModSsl => "SSLUseStapling on\n",
@@ -244,13 +251,19 @@ impl Client {
     /// shutdown (see [`close`]). Returns the stapled bytes (empty if `keep` is false)
     /// or None if nothing was stapled.
     pub fn handshake(&self, port: u16, keep: bool) -> Result<Option<Vec<u8>>, String> {
+        self.handshake_sni(port, "localhost", keep)
+    }
+
+    /// Like [`handshake`](Self::handshake), with SNI `server_name` (to reach a
+    /// name-based virtual host).
+    pub fn handshake_sni(&self, port: u16, server_name: &str, keep: bool) -> Result<Option<Vec<u8>>, String> {
         let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let _ = tcp.set_read_timeout(Some(self.timeout));
         let _ = tcp.set_write_timeout(Some(self.timeout));
         let mut cfg = self.conn.configure().map_err(|e| e.to_string())?.verify_hostname(false);
         cfg.set_status_type(StatusType::OCSP).map_err(|e| e.to_string())?;
-        let mut s = cfg.connect("localhost", tcp).map_err(|e| format!("handshake: {e}"))?;
+        let mut s = cfg.connect(server_name, tcp).map_err(|e| format!("handshake: {e}"))?;
         let staple = s.ssl().ocsp_status().map(|d| if keep { d.to_vec() } else { Vec::new() });
         close(&mut s);
         Ok(staple)
@@ -285,12 +298,18 @@ pub struct Validator {
 impl Validator {
     /// Checks staples for `<cert>.crt` (`leaf` or `leaf-ec`).
     pub fn new(pki: &Pki, cert: &str) -> Validator {
-        let pem = |n: &str| X509::from_pem(&fs::read(pki.path(n)).unwrap()).unwrap();
+        Validator::for_file(pki, &pki.path(&format!("{cert}.crt")))
+    }
+
+    /// Checks staples for the certificate in `file` (the first one, if it is a chain
+    /// file such as [`crate::common::Leaf::chain`]), issued by the PKI's `issuer.crt`.
+    pub fn for_file(pki: &Pki, file: &Path) -> Validator {
+        let pem = |p: &Path| X509::from_pem(&fs::read(p).unwrap()).unwrap();
         let mut sb = X509StoreBuilder::new().unwrap();
-        sb.add_cert(pem("root.crt")).unwrap();
+        sb.add_cert(pem(&pki.path("root.crt"))).unwrap();
         let mut chain = Stack::new().unwrap();
-        chain.push(pem("issuer.crt")).unwrap();
-        Validator { store: sb.build(), chain, leaf: pem(&format!("{cert}.crt")), issuer: pem("issuer.crt") }
+        chain.push(pem(&pki.path("issuer.crt"))).unwrap();
+        Validator { store: sb.build(), chain, leaf: pem(file), issuer: pem(&pki.path("issuer.crt")) }
     }
 
     pub fn valid(&self, der: &[u8]) -> bool {
@@ -344,6 +363,21 @@ pub fn cpu_model() -> String {
 /// The kernel release (`uname -r`).
 pub fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+}
+
+/// The operating system: `PRETTY_NAME` of /etc/os-release, plus the point release from
+/// /etc/debian_version where there is one (e.g. `Debian GNU/Linux 12 (bookworm), 12.11`).
+pub fn os_release() -> String {
+    let os = fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let name = os
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .unwrap_or_else(|| "?".into());
+    match fs::read_to_string("/etc/debian_version") {
+        Ok(v) if !v.trim().is_empty() => format!("{name}, {}", v.trim()),
+        _ => name,
+    }
 }
 
 /// The Apache version, e.g. `Apache/2.4.62 (Debian)`.
