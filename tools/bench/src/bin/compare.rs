@@ -393,20 +393,6 @@ fn ratio(a: &[f64], b: &[f64]) -> Option<f64> {
 // machine description
 // ---------------------------------------------------------------------------
 
-fn machine() -> Vec<(String, String)> {
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: String = load.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-    vec![
-        ("nproc".into(), nproc().to_string()),
-        ("CPU".into(), cpu_model()),
-        ("kernel".into(), kernel_release()),
-        ("Apache".into(), apache_version()),
-        ("OpenSSL (CLI)".into(), cmd_first_line("openssl", &["version"])),
-        ("OpenSSL (client library)".into(), openssl::version::version().to_string()),
-        ("load average at start".into(), load),
-    ]
-}
-
 // ---------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------

@@ -764,21 +764,6 @@ fn get(port: u16, path: &str) -> Option<String> {
 // machine description
 // ---------------------------------------------------------------------------
 
-fn machine() -> Vec<(String, String)> {
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: String = load.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-    vec![
-        ("CPU".into(), cpu_model()),
-        ("cores (nproc)".into(), nproc().to_string()),
-        ("OS".into(), os_release()),
-        ("kernel".into(), kernel_release()),
-        ("Apache".into(), apache_version()),
-        ("OpenSSL (CLI)".into(), cmd_first_line("openssl", &["version"])),
-        ("OpenSSL (client library)".into(), openssl::version::version().to_string()),
-        ("load average at start".into(), load),
-    ]
-}
-
 // ---------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------

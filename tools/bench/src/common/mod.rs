@@ -389,3 +389,20 @@ pub fn apache_version() -> String {
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| manifest_dir().join("target"))
 }
+
+/// The machine a report was measured on: CPU, cores, OS, kernel, Apache, OpenSSL and the
+/// load average at the start.
+pub fn machine() -> Vec<(String, String)> {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: String = load.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    vec![
+        ("CPU".into(), cpu_model()),
+        ("cores (nproc)".into(), nproc().to_string()),
+        ("OS".into(), os_release()),
+        ("kernel".into(), kernel_release()),
+        ("Apache".into(), apache_version()),
+        ("OpenSSL (CLI)".into(), cmd_first_line("openssl", &["version"])),
+        ("OpenSSL (client library)".into(), openssl::version::version().to_string()),
+        ("load average at start".into(), load),
+    ]
+}
