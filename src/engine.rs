@@ -183,6 +183,9 @@ pub struct Runtime {
     pub responder_rate: u32,
     /// Certificate indices in the order to fetch them: must-staple first.
     order: Vec<usize>,
+    /// Each certificate's responder host, hashed alike in every process (the key of
+    /// the per-host limits).
+    hosts: Vec<u64>,
 }
 
 /// The fleet tier of a generation, and this server's name as a fleet lease holder.
@@ -253,6 +256,7 @@ impl Runtime {
         let mut order: Vec<usize> = (0..certs.len()).collect();
         order.sort_by_key(|&i| !certs[i].info.must_staple);
         let responder_rate = crate::config::DEFAULT_RESPONDER_RATE;
+        let hosts = certs.iter().map(|c| fixed_hash(&responder_host(&c.url))).collect();
         Ok(Runtime {
             store,
             certs,
@@ -267,6 +271,7 @@ impl Runtime {
             fleet: None,
             responder_rate,
             order,
+            hosts,
         })
     }
 
@@ -437,8 +442,8 @@ impl Runtime {
             FleetStep::Fetch(lease) => lease,
         };
         let now = self.clock.now();
-        let host = fixed_hash(&responder_host(&cert.url));
-        let permit = self.store.begin_request(host, now, now.plus(lease_for), IN_FLIGHT_PER_HOST, self.responder_rate);
+        let permit =
+            self.store.begin_request(self.hosts[i], now, now.plus(lease_for), IN_FLIGHT_PER_HOST, self.responder_rate);
         let Some(permit) = permit else {
             // The responder has as many requests from this server as it should get now:
             // still due, for the next pass (or the helper's next round).
@@ -821,9 +826,8 @@ impl Runtime {
     /// How many other certificates of certificate `i`'s responder have the same alert
     /// for the same failure now.
     fn count_alike(&self, i: usize, kind: Kind, failure: u64, now: UnixTime) -> usize {
-        let host = responder_host(&self.certs[i].url);
         (0..self.certs.len())
-            .filter(|&j| j != i && responder_host(&self.certs[j].url) == host)
+            .filter(|&j| j != i && self.hosts[j] == self.hosts[i])
             .filter(|&j| {
                 let state = self.store.state(self.slots[j]);
                 alert::kind_for(&state, now) == Some(kind)
@@ -949,26 +953,59 @@ impl Runtime {
         }
     }
 
-    /// One pass of the background refresher over every certificate. It returns early
-    /// when `stop` is requested or a newer generation took over, between certificates
-    /// and during a fetch.
+    /// One pass of the background refresher over the due certificates, most urgent
+    /// first. It returns early when `stop` is requested or a newer generation took
+    /// over, between certificates and during a fetch.
+    ///
+    /// Once a responder host's limits hold a certificate back, the pass leaves that
+    /// host's less urgent certificates for the next one: a permit freed meanwhile goes
+    /// to the most urgent, so that no certificate starves while renewals outrun
+    /// `StaplingResponderRate`.
     pub fn refresh_pass(&self, transport: &dyn Transport, stop: &Stop) {
-        // Certificates with nothing to staple (cold) first, must-staple first among them.
-        let cold = |&&i: &&usize| !self.store.state(self.slots[i]).stapleable_at(self.clock.now());
-        let (first, rest): (Vec<&usize>, Vec<&usize>) = self.order.iter().partition(cold);
-        for &i in first.into_iter().chain(rest) {
+        let mut held_back = std::collections::HashSet::new();
+        for i in self.due_by_urgency() {
             if stop.requested() || self.superseded() {
                 return;
             }
-            while let Some(wanted) = self.next_wanted() {
-                if self.refresh_if_due(wanted, transport, stop) == Attempt::Throttled {
-                    self.store.want(self.slots[wanted]);
-                    break;
-                }
+            self.refresh_wanted(transport, stop);
+            if held_back.contains(&self.hosts[i]) {
+                continue;
             }
-            self.refresh_if_due(i, transport, stop);
+            if self.refresh_if_due(i, transport, stop) == Attempt::Throttled {
+                held_back.insert(self.hosts[i]);
+            }
         }
         self.check_alerts();
+    }
+
+    /// Refreshes the certificates handshakes wait for, until one is held back (then it
+    /// is wanted again, for the next turn).
+    fn refresh_wanted(&self, transport: &dyn Transport, stop: &Stop) {
+        while let Some(wanted) = self.next_wanted() {
+            if self.refresh_if_due(wanted, transport, stop) == Attempt::Throttled {
+                self.store.want(self.slots[wanted]);
+                return;
+            }
+        }
+    }
+
+    /// The certificates due now, most urgent first: those with nothing to staple
+    /// (must-staple first), then those whose staple ends soonest, then those due the
+    /// longest. A certificate held back keeps its place at the front.
+    fn due_by_urgency(&self) -> Vec<usize> {
+        let now = self.clock.now();
+        let mut due: Vec<_> = self
+            .order
+            .iter()
+            .filter_map(|&i| {
+                let state = self.store.state(self.slots[i]);
+                let must_staple = self.certs[i].info.must_staple;
+                refresh::is_due(state.next_fetch, now)
+                    .then_some(((state.stapleable_at(now), !must_staple, state.staple_until, state.next_fetch), i))
+            })
+            .collect();
+        due.sort_unstable();
+        due.into_iter().map(|(_, i)| i).collect()
     }
 }
 
@@ -1416,6 +1453,65 @@ mod tests {
         assert_eq!(rt.store.state(rt.slots[0]).failures, 0, "a stop is not a failure");
         assert!(rt.store.try_lease(rt.slots[0], rt.clock.now(), HOUR).is_some(), "lease freed at once");
         stopper.join().unwrap();
+    }
+
+    /// Answers each request with a fresh response for its certificate and records
+    /// which of `certs` it was for.
+    struct Answering {
+        requests: Vec<Vec<u8>>,
+        certs: Vec<CertInfo>,
+        asked: Mutex<Vec<usize>>,
+    }
+
+    impl Answering {
+        fn new(certs: Vec<CertInfo>) -> Answering {
+            let requests = certs.iter().map(|c| crate::ocsp::build_request(c, false).unwrap().0).collect();
+            Answering { requests, certs, asked: Mutex::new(Vec::new()) }
+        }
+
+        fn asked(&self) -> Vec<usize> {
+            std::mem::take(&mut *self.asked.lock().unwrap())
+        }
+    }
+
+    impl Transport for Answering {
+        fn fetch(&self, x: &Exchange) -> Result<Vec<u8>, FetchError> {
+            let i = self.requests.iter().position(|r| *r == x.request).expect("a request for a known certificate");
+            self.asked.lock().unwrap().push(i);
+            Ok(testpki::response_for(&self.certs[i], Opts::default()))
+        }
+    }
+
+    #[test]
+    fn renewals_that_outrun_the_rate_are_shared_fairly_not_starved() {
+        // Three certificates that each need a new response every 2 s, one request a
+        // second allowed: a refresh order that starts from the top every pass would
+        // refresh the first two for ever and never the third.
+        let names = ["leaf", "leaf2", "noaia"];
+        let words: &'static [AtomicU64] =
+            Box::leak((0..Layout::for_certs(4).words()).map(|_| AtomicU64::new(0)).collect());
+        let store = SharedStore::attach(words, Layout::for_certs(4), 4).unwrap();
+        let clock = Arc::new(ManualClock::at(SystemClock.now()));
+        let mut rt = Runtime::new(store, names.iter().map(|n| managed(n)).collect(), None, clock.clone()).unwrap();
+        rt.responder_rate = 1;
+        let transport = Answering::new(names.iter().map(|n| testpki::cert_info(n)).collect());
+        let renew_every = Duration::from_secs(2);
+        let mut fetched = [0usize; 3];
+        for _ in 0..24 {
+            rt.refresh_pass(&transport, &Stop::default());
+            for i in transport.asked() {
+                fetched[i] += 1;
+                let lease = rt.store.try_lease(rt.slots[i], clock.now(), HOUR).expect("free after the pass");
+                let due = Schedule {
+                    next_fetch: Some(clock.now().plus(renew_every)),
+                    ..rt.store.state(rt.slots[i]).schedule()
+                };
+                rt.store.release(lease, due).unwrap();
+            }
+            clock.advance(Duration::from_secs(1));
+        }
+        assert_eq!(fetched.iter().sum::<usize>(), 24, "one a second: {fetched:?}");
+        assert!(fetched.iter().all(|&n| n >= 7), "each certificate gets its share: {fetched:?}");
     }
 
     #[test]

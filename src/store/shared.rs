@@ -939,14 +939,16 @@ impl<'a> SharedStore<'a> {
         Some(permit)
     }
 
-    /// Counts one request in host entry `entry`'s current second; false if `rate`
-    /// requests were already counted in it. Second and count share one word (second
+    /// Counts one request in host entry `entry`'s current second (the latest any
+    /// caller has seen); false if `rate` requests were already counted in it. Second and count share one word (second
     /// << 24 | count), so that one compare-and-swap moves both.
     fn count_in_second(&self, entry: usize, now: UnixTime, rate: u32) -> bool {
         let this_second = now.to_word() & ((1 << 40) - 1);
         self.words[entry + 1]
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| match (word >> 24, word & 0xff_ffff) {
-                (second, n) if second == this_second => (n < u64::from(rate)).then_some(word + 1),
+                // A caller whose clock read is a second behind counts in the newer
+                // second: the window never moves back (that would reset its count).
+                (second, n) if second >= this_second => (n < u64::from(rate)).then_some(word + 1),
                 _ => Some(this_second << 24 | 1),
             })
             .is_ok()
@@ -1577,5 +1579,19 @@ mod tests {
         }
         assert!(s.begin_request(9, t, t.plus(TTL), 4, 3).is_none(), "rate reached");
         assert!(s.begin_request(9, t.plus(Duration::from_secs(1)), t.plus(TTL), 4, 3).is_some());
+    }
+
+    #[test]
+    fn a_caller_a_second_behind_does_not_reset_the_rate_count() {
+        let r = region(2);
+        let s = attach(&r);
+        let (late, now) = (UnixTime::from_secs(5000), UnixTime::from_secs(5001));
+        let take = |t: UnixTime| s.begin_request(9, t, t.plus(TTL), 4, 3).map(|p| s.end_request(p)).is_some();
+        assert!(take(now) && take(now));
+        // A process that read its clock just before the second turned counts in the newer
+        // second, and the ones after it find that second full.
+        assert!(take(late), "the third of second {now:?}");
+        assert!(!take(now), "a fourth in second {now:?}");
+        assert!(!take(late), "and none from the second before");
     }
 }
