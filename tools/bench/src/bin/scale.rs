@@ -27,7 +27,7 @@
 //!    against the test root, is for that certificate, is good and is current.
 //! 3. start → all stapled (mod_md, mod_stapling: they fetch in the background):
 //!    until the responder has answered every one of the N serials (read from its log,
-//!    polled every 200 ms, alongside 2.), capped at `SCALE_TIMEOUT`. mod_ssl fetches
+//!    polled every 100 ms, alongside 2.), capped at `SCALE_TIMEOUT`. mod_ssl fetches
 //!    only inside a handshake that asks for the status, so it is "lazy" here.
 //! 4. sweep: one status-requesting handshake per vhost (`SCALE_CLIENTS` at a time),
 //!    confirming 3. (for mod_ssl it is what fetches the responses).
@@ -43,9 +43,10 @@
 //! 8. the next refresh round (`SCALE_NEXT_ROUND`, N ≥ `SCALE_NEXT_ROUND_MIN_N`, for
 //!    the servers that refresh by themselves: mod_md and mod_stapling): after the sweep,
 //!    waits until every serial has been answered twice (at most `SCALE_VALIDITY` + 60 s
-//!    after all were stapled). From the log (1 s resolution): the span from the first
-//!    to the last second answer (and p5–p95), the most second answers in one second,
-//!    and how long after its first fetch each certificate was fetched again.
+//!    after the sweep). From the log (1 s resolution): the span from the first to the
+//!    last second answer (and p5–p95), and how long after its first fetch each
+//!    certificate was fetched again; from the fixture's counters (reset after the
+//!    sweep): the most requests that arrived in one second, and the most in flight.
 //!
 //! Environment knobs (defaults in parentheses):
 //! * `SCALE_NS` (1,100,1000,3000): the N to run
@@ -57,7 +58,8 @@
 //! * `SCALE_SAMPLE` (100): first handshakes sampled per run
 //! * `SCALE_CLIENTS` (4): client threads for the sample and the sweep
 //! * `SCALE_NEXT_ROUND` (1): 0 skips the next-round measurement
-//! * `SCALE_NEXT_ROUND_MIN_N` (100): smallest N whose next round is measured
+//! * `SCALE_NEXT_ROUND_MIN_N` (1000): smallest N whose next round is measured (each
+//!   such run waits 2–3 minutes for it)
 //! * `MOD_STAPLING_SO`: the module to test (default target/release/libmod_stapling.so)
 //!
 //! The markdown report is printed and written to `target/bench-scale.md` (rewritten
@@ -90,8 +92,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 const PREFIX: &str = "scale";
 /// How often the start is probed.
 const SERVING_POLL: Duration = Duration::from_millis(20);
-/// How often the responder's log is read while waiting for all certificates.
-const LOG_POLL: Duration = Duration::from_millis(200);
+/// How often the responder's log is read while waiting for all certificates: the
+/// resolution of "start → all stapled" (parsing 3,000 lines takes a few ms).
+const LOG_POLL: Duration = Duration::from_millis(100);
 /// Header word 0 of mod_stapling's shared region (`MAGIC` in src/store/shared.rs).
 const STORE_MAGIC: u64 = 0x6d6f_645f_7374_6170;
 /// Names of unstapled vhosts kept for the report.
@@ -126,7 +129,7 @@ impl Settings {
             sample: env_num("SCALE_SAMPLE", 100usize).max(1),
             clients: env_num("SCALE_CLIENTS", 4usize).max(1),
             next_round: env_num("SCALE_NEXT_ROUND", 1u32) != 0,
-            next_round_min_n: env_num("SCALE_NEXT_ROUND_MIN_N", 100usize),
+            next_round_min_n: env_num("SCALE_NEXT_ROUND_MIN_N", 1000usize),
         }
     }
 
@@ -228,8 +231,11 @@ struct Round {
     /// First to last second fetch; 5th to 95th percentile.
     span: i64,
     span_p5_p95: i64,
-    /// Most second fetches answered in one second.
-    peak_per_second: usize,
+    /// Most requests that arrived in one second, and most in flight, from the end of
+    /// the sweep to the end of the round (the fixture's counters, which count arrivals;
+    /// its log has answers, whole seconds).
+    peak_per_second: u64,
+    max_in_flight: u64,
     /// Seconds from a certificate's first fetch to its second: min, median, max.
     after: (i64, i64, i64),
 }
@@ -365,6 +371,8 @@ fn measure(kind: Kind, leaves: &[Leaf], env: &Env) -> Cell {
     let mut apache = match Apache::begin_start(opts) {
         Ok(a) => a,
         Err(e) => {
+            // The harness's message has apache2's output and the whole error_log.
+            let _ = fs::write(env.logs.join(format!("{n}-{}.start-error", kind.label())), &e);
             cell.failed = Some(first_line(&e));
             return cell;
         }
@@ -620,32 +628,35 @@ fn next_round(
     }
     let deadline = Instant::now() + Duration::from_secs(set.validity + 60);
     eprintln!("[scale]   waiting for the next round (at most {} s)", set.validity + 60);
+    // The cold start's peak was read at the end of the sweep; count this round's anew.
+    responder.reset_stats();
     loop {
         let times = answer_times(&responder.log(), wanted);
         let renewed = times.values().filter(|v| v.len() >= 2).count();
         if renewed >= n || Instant::now() >= deadline {
-            return NextRound::Measured(round_stats(&times, n));
+            let mut r = round_stats(&times, n);
+            r.peak_per_second = responder.stat("max_per_second");
+            r.max_in_flight = responder.stat("max_in_flight");
+            return NextRound::Measured(r);
         }
         std::thread::sleep(Duration::from_secs(1));
     }
 }
 
+/// The round's times from the log (the counters are filled in by the caller).
 fn round_stats(times: &HashMap<String, Vec<i64>>, n: usize) -> Round {
     let mut second: Vec<i64> = times.values().filter(|v| v.len() >= 2).map(|v| v[1]).collect();
     let mut after: Vec<i64> = times.values().filter(|v| v.len() >= 2).map(|v| v[1] - v[0]).collect();
     second.sort_unstable();
     after.sort_unstable();
-    let mut per_second: HashMap<i64, usize> = HashMap::new();
-    for &t in &second {
-        *per_second.entry(t).or_default() += 1;
-    }
     let at = |v: &[i64], q: f64| if v.is_empty() { 0 } else { v[((v.len() - 1) as f64 * q).round() as usize] };
     Round {
         renewed: second.len(),
         n,
         span: at(&second, 1.0) - at(&second, 0.0),
         span_p5_p95: at(&second, 0.95) - at(&second, 0.05),
-        peak_per_second: per_second.values().copied().max().unwrap_or(0),
+        peak_per_second: 0,
+        max_in_flight: 0,
         after: (at(&after, 0.0), at(&after, 0.5), at(&after, 1.0)),
     }
 }
@@ -893,8 +904,8 @@ fn next_cell(n: &NextRound) -> String {
         NextRound::NotMeasured(why) => why.clone(),
         NextRound::Measured(r) => {
             let mut s = format!(
-                "{} s (p5–p95 {} s), peak {}/s; refetched {}–{} s after the first (median {})",
-                r.span, r.span_p5_p95, r.peak_per_second, r.after.0, r.after.2, r.after.1
+                "{} s (p5–p95 {} s), peak {}/s, {} in flight; refetched {}–{} s after the first (median {})",
+                r.span, r.span_p5_p95, r.peak_per_second, r.max_in_flight, r.after.0, r.after.2, r.after.1
             );
             if r.renewed < r.n {
                 let _ = write!(s, "; only {}/{} refetched", r.renewed, r.n);
