@@ -34,7 +34,8 @@
 //! 5. responder load until the end of the sweep: the most requests that arrived in
 //!    one second, the most in flight at once, the total (the fixture's /_stats).
 //! 6. memory after the sweep: Pss (/proc/PID/smaps_rollup) of the parent and of each
-//!    child; their sum, and the sum minus that of `none` at the same N.
+//!    child; their sum, and the sum minus that of `none` at the same N; and each
+//!    child's private pages (Private_Clean + Private_Dirty).
 //! 7. mod_stapling's shared region: `shared_store` of the status handler's JSON
 //!    (`/stapling-status?json` on a plain-HTTP listener) if the module reports it;
 //!    the mapping is also found in the parent's /proc/PID/smaps (the anonymous shared
@@ -45,8 +46,9 @@
 //!    waits until every serial has been answered twice (at most `SCALE_VALIDITY` + 60 s
 //!    after the sweep). From the log (1 s resolution): the span from the first to the
 //!    last second answer (and p5–p95), and how long after its first fetch each
-//!    certificate was fetched again; from the fixture's counters (reset after the
-//!    sweep): the most requests that arrived in one second, and the most in flight.
+//!    certificate was fetched again, and the most fetches of any one certificate by
+//!    then; from the fixture's counters (reset after the sweep): the most requests that
+//!    arrived in one second, and the most in flight.
 //!
 //! Environment knobs (defaults in parentheses):
 //! * `SCALE_NS` (1,100,1000,3000): the N to run
@@ -238,6 +240,9 @@ struct Round {
     max_in_flight: u64,
     /// Seconds from a certificate's first fetch to its second: min, median, max.
     after: (i64, i64, i64),
+    /// The most answers one certificate got by the end of the wait: more than two
+    /// while others wait for their second means the fetch order is unfair.
+    most_fetches: usize,
 }
 
 enum NextRound {
@@ -250,6 +255,9 @@ enum NextRound {
 struct Memory {
     parent: f64,
     child_mean: f64,
+    /// Private_Clean + Private_Dirty per child (mean): what each child holds alone,
+    /// e.g. pages copied on write after the fork.
+    child_private_mean: f64,
     children: usize,
     total: f64,
 }
@@ -357,51 +365,22 @@ fn run_cell(kind: Kind, leaves: &[Leaf], env: &Env) -> Cell {
     })
 }
 
+/// The measurements of one (N, server) run, in order (see the module doc).
 fn measure(kind: Kind, leaves: &[Leaf], env: &Env) -> Cell {
-    let (n, set) = (leaves.len(), env.set);
+    let n = leaves.len();
     let mut cell = Cell::new(n, kind);
     let responder = Responder::fixture(env.pki, env.responder_port);
-    responder.set(&set.responder_query());
+    responder.set(&env.set.responder_query());
     let root = env.base.join(format!("{n}-{}", kind.label()));
     let (port, http_port) = (free_port(), free_port());
     let opts = options(kind, env, leaves, &root, port, http_port);
-
     let t0 = Instant::now();
-    let deadline = t0 + set.timeout;
-    let mut apache = match Apache::begin_start(opts) {
-        Ok(a) => a,
-        Err(e) => {
-            // The harness's message has apache2's output and the whole error_log.
-            let _ = fs::write(env.logs.join(format!("{n}-{}.start-error", kind.label())), &e);
-            cell.failed = Some(first_line(&e));
-            return cell;
-        }
-    };
-    (cell.listening, cell.serving) = wait_serving(port, t0, deadline);
-    let started = match cell.serving {
-        Some(_) => apache.wait_started(),
-        None => Err(format!("no TLS handshake within {} s", set.timeout.as_secs())),
-    };
-    if let Err(e) = started {
-        cell.failed = Some(first_line(&e));
-        save_logs(&apache, &responder, env.logs, n, kind);
-        return cell;
-    }
+    let Some(mut apache) = start(&mut cell, opts, &responder, env, t0) else { return cell };
 
     let wanted = serials(leaves);
-    let sample = sample(leaves, set.sample);
-    std::thread::scope(|s| {
-        let watcher =
-            fetches_in_background(kind).then(|| s.spawn(|| wait_all_fetched(&responder, &wanted, t0, deadline)));
-        cell.first = handshake_each(port, env.pki, &sample, set.clients);
-        cell.all = match watcher {
-            Some(w) => w.join().expect("watcher thread panicked"),
-            None if kind == Kind::ModSsl => AllStapled::NotApplicable("lazy"),
-            None => AllStapled::NotApplicable("–"),
-        };
-    });
+    cold_start(&mut cell, port, leaves, &wanted, &responder, env, t0);
     let all: Vec<&Leaf> = leaves.iter().collect();
-    cell.sweep = handshake_each(port, env.pki, &all, set.clients);
+    cell.sweep = handshake_each(port, env.pki, &all, env.set.clients);
     cell.load = Load {
         peak_per_second: responder.stat("max_per_second"),
         max_in_flight: responder.stat("max_in_flight"),
@@ -411,12 +390,65 @@ fn measure(kind: Kind, leaves: &[Leaf], env: &Env) -> Cell {
     if kind == Kind::Stapling {
         cell.region = Some(shared_region(&apache, http_port));
     }
-    cell.next = next_round(kind, &cell.all, &responder, &wanted, set);
+    cell.next = next_round(kind, &cell.all, &responder, &wanted, env.set);
     save_logs(&apache, &responder, env.logs, n, kind);
     apache.stop();
     drop(apache);
     let _ = fs::remove_dir_all(&root);
     cell
+}
+
+/// Starts the server at `t0` and times it (1.); None, with the cell marked failed, if
+/// it does not come up.
+fn start(cell: &mut Cell, opts: ApacheOptions, responder: &Responder, env: &Env, t0: Instant) -> Option<Apache> {
+    let (n, label) = (cell.n, cell.kind.label());
+    let port = opts.port.expect("options() sets the port");
+    let mut apache = match Apache::begin_start(opts) {
+        Ok(a) => a,
+        Err(e) => {
+            // The harness's message has apache2's output and the whole error_log.
+            let _ = fs::write(env.logs.join(format!("{n}-{label}.start-error")), &e);
+            cell.failed = Some(first_line(&e));
+            return None;
+        }
+    };
+    (cell.listening, cell.serving) = wait_serving(port, t0, t0 + env.set.timeout);
+    let started = match cell.serving {
+        Some(_) => apache.wait_started(),
+        None => Err(format!("no TLS handshake within {} s", env.set.timeout.as_secs())),
+    };
+    if let Err(e) = started {
+        cell.failed = Some(first_line(&e));
+        save_logs(&apache, responder, env.logs, n, cell.kind);
+        return None;
+    }
+    Some(apache)
+}
+
+/// The first handshakes (2.) while, for the servers that fetch by themselves, the
+/// responder's log is watched until every certificate was fetched (3.).
+fn cold_start(
+    cell: &mut Cell,
+    port: u16,
+    leaves: &[Leaf],
+    wanted: &HashSet<String>,
+    responder: &Responder,
+    env: &Env,
+    t0: Instant,
+) {
+    let sample = sample(leaves, env.set.sample);
+    let deadline = t0 + env.set.timeout;
+    let kind = cell.kind;
+    std::thread::scope(|s| {
+        let watcher =
+            fetches_in_background(kind).then(|| s.spawn(|| wait_all_fetched(responder, wanted, t0, deadline)));
+        cell.first = handshake_each(port, env.pki, &sample, env.set.clients);
+        cell.all = match watcher {
+            Some(w) => w.join().expect("watcher thread panicked"),
+            None if kind == Kind::ModSsl => AllStapled::NotApplicable("lazy"),
+            None => AllStapled::NotApplicable("–"),
+        };
+    });
 }
 
 /// (start → port in LISTEN, start → first completed TLS handshake), each None if it
@@ -658,6 +690,7 @@ fn round_stats(times: &HashMap<String, Vec<i64>>, n: usize) -> Round {
         peak_per_second: 0,
         max_in_flight: 0,
         after: (at(&after, 0.0), at(&after, 0.5), at(&after, 1.0)),
+        most_fetches: times.values().map(Vec::len).max().unwrap_or(0),
     }
 }
 
@@ -670,20 +703,24 @@ fn kib_field(line: &str, name: &str) -> Option<u64> {
     line.strip_prefix(name)?.split_whitespace().next()?.parse().ok()
 }
 
-fn pss_kib(pid: u32) -> Option<f64> {
+/// (Pss, Private_Clean + Private_Dirty) of `pid` in KiB, from smaps_rollup.
+fn pss_kib(pid: u32) -> Option<(f64, f64)> {
     let t = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    t.lines().find_map(|l| kib_field(l, "Pss:")).map(|v| v as f64)
+    let field = |name: &str| t.lines().find_map(|l| kib_field(l, name)).map(|v| v as f64);
+    Some((field("Pss:")?, field("Private_Clean:").unwrap_or(0.0) + field("Private_Dirty:").unwrap_or(0.0)))
 }
 
 fn memory(apache: &Apache) -> Option<Memory> {
-    let parent = pss_kib(apache.pid())?;
-    let kids: Vec<f64> = apache.child_pids().into_iter().filter_map(pss_kib).collect();
-    let sum: f64 = kids.iter().sum();
+    let (parent, _) = pss_kib(apache.pid())?;
+    let kids: Vec<(f64, f64)> = apache.child_pids().into_iter().filter_map(pss_kib).collect();
+    let count = kids.len().max(1) as f64;
+    let pss: f64 = kids.iter().map(|k| k.0).sum();
     Some(Memory {
         parent,
-        child_mean: if kids.is_empty() { 0.0 } else { sum / kids.len() as f64 },
+        child_mean: pss / count,
+        child_private_mean: kids.iter().map(|k| k.1).sum::<f64>() / count,
         children: kids.len(),
-        total: parent + sum,
+        total: parent + pss,
     })
 }
 
@@ -910,6 +947,9 @@ fn next_cell(n: &NextRound) -> String {
             if r.renewed < r.n {
                 let _ = write!(s, "; only {}/{} refetched", r.renewed, r.n);
             }
+            if r.most_fetches > 2 {
+                let _ = write!(s, "; one certificate fetched {} times", r.most_fetches);
+            }
             s
         }
     }
@@ -1042,9 +1082,11 @@ fn memory_tables(o: &mut String, set: &Settings, cells: &[Cell]) {
             _ => mib(m.total),
         },
     });
-    table(o, "Memory: Pss of the parent; Pss per child (mean)", set, cells, &|c| match c.mem {
+    table(o, "Memory: Pss of the parent; Pss per child (mean), of which private", set, cells, &|c| match c.mem {
         None => "–".into(),
-        Some(m) => format!("{}; {} × {}", mib(m.parent), mib(m.child_mean), m.children),
+        Some(m) => {
+            format!("{}; {} × {} ({} private)", mib(m.parent), mib(m.child_mean), m.children, mib(m.child_private_mean))
+        }
     });
 }
 
